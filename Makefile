@@ -1,0 +1,28 @@
+# One venv per checkout. CPU installs pin torch through constraints-cpu.txt; on a GPU machine run
+# `make install CONSTRAINTS=` inside an env that already has your CUDA torch.
+PY ?= python3
+VENV ?= .venv
+CONSTRAINTS ?= constraints-cpu.txt
+PIP = $(VENV)/bin/pip
+BIN = $(VENV)/bin
+# DeepSpeed JIT-compiles a small CPU comm op on first use; keep it in the checkout so it is built once.
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+
+.PHONY: install test demo bench clean
+
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+	$(PY) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(BIN)/pytest -q -n 2 --dist loadfile
+
+demo: install
+	$(BIN)/r2g demo --out demo
+
+clean:
+	rm -rf $(VENV) .cache demo

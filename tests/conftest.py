@@ -1,0 +1,50 @@
+"""Shared fixtures: a tiny raw dataset in the R2Gen layout, written on the fly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from r2g.labels import CHEXPERT_LABELS
+
+
+def write_raw_dataset(root: Path, per_split=(6, 2, 3), two_views_every=2, size=32, ext="png") -> Path:
+    """annotation.json + images/ with `per_split` studies; every `two_views_every`-th study has 2 views.
+
+    Pixel values encode the study index so tests can tell images apart. Returns the annotation path.
+    """
+    images = root / "images"
+    ann: dict = {}
+    index = 0
+    for split, n in zip(("train", "val", "test"), per_split):
+        entries = []
+        for _ in range(n):
+            sid = f"s{index:04d}"
+            n_views = 2 if two_views_every and index % two_views_every == 0 else 1
+            paths = []
+            for v in range(n_views):
+                rel = f"{sid}/{v}.{ext}"
+                (images / sid).mkdir(parents=True, exist_ok=True)
+                pixels = np.full((size, size + 8), (index * 7 + v * 3) % 256, dtype=np.uint8)
+                Image.fromarray(pixels, mode="L").save(images / rel)
+                paths.append(rel)
+            labels = {name: None for name in CHEXPERT_LABELS}
+            labels["Cardiomegaly"] = 1 if index % 3 == 0 else 0
+            entries.append(
+                {"id": sid, "report": f"Study {index}. The Heart: normal-sized.", "image_path": paths,
+                 "split": split, "labels": labels}
+            )
+            index += 1
+        ann[split] = entries
+    path = root / "annotation.json"
+    path.write_text(json.dumps(ann, indent=1))
+    return path
+
+
+@pytest.fixture
+def raw_dataset(tmp_path) -> Path:
+    return write_raw_dataset(tmp_path / "raw")
