@@ -38,6 +38,7 @@ class DataConfig:
     shuffle_buffer: int = 1000
     workers: int = 2
     augment: bool = False  # light train-time augmentation (small affine + brightness/contrast)
+    blank_images: bool = False  # ablation: every view becomes zeros, to measure what the images contribute
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> "RunConfig":
         sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "generate": GenerateConfig}
-        unknown = set(d) - set(sections)
+        unknown = set(d) - set(sections) - {"meta"}  # meta: facts recorded beside the config (e.g. LLM hash)
         if unknown:
             raise R2GError(f"{source}: unknown section(s) {sorted(unknown)}; expected {sorted(sections)}")
         built = {}

@@ -48,3 +48,31 @@ def write_raw_dataset(root: Path, per_split=(6, 2, 3), two_views_every=2, size=3
 @pytest.fixture
 def raw_dataset(tmp_path) -> Path:
     return write_raw_dataset(tmp_path / "raw")
+
+
+# A timm Swin small enough for CPU tests: 64 px input, 2x2 final grid (4 visual tokens per view), 256-d.
+TINY_VISION_KWARGS = {"img_size": 64, "window_size": 2, "embed_dim": 32, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8]}
+
+
+def write_tiny_llm(folder: Path, corpus: list[str], hidden: int = 64, layers: int = 2) -> Path:
+    """A random-init Llama + a BPE tokenizer trained on `corpus`, saved as a local HF folder.
+
+    Initialised with std 0.3 rather than HF's 0.02: at 0.02 a tiny random LM's logits are near-uniform
+    whatever its input, so no visual prefix could lower the loss of the frozen LM and training tests
+    could not tell learning from noise."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from r2g.model.tiny_lm import train_tokenizer
+
+    tokenizer = train_tokenizer(corpus, vocab_size=300)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.3,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

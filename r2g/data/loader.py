@@ -91,12 +91,15 @@ class SplitByRank(wds.PipelineStage):
 class ToStudy:
     """A decoded WebDataset sample → (id, [view tensors], report, labels). Picklable for workers."""
 
-    def __init__(self, image_size: int, augment: bool):
+    def __init__(self, image_size: int, augment: bool, blank: bool = False):
         self.transform = image_transform(image_size, augment)
+        self.blank = blank
 
     def __call__(self, sample: dict) -> dict:
         meta = sample["json"]
         views = [to_rgb_tensor(sample[name], self.transform) for name in meta["images"]]
+        if self.blank:
+            views = [torch.zeros_like(v) for v in views]
         return {"id": meta["id"], "views": views, "report": meta["report"], "labels": meta.get("labels")}
 
 
@@ -156,7 +159,7 @@ def build_pipeline(
         stages.append(ShuffleBuffer(shard_list, cfg.shuffle_buffer, seed, rank))
     stages += [
         wds.decode("pil", handler=_log_and_continue),
-        wds.map(ToStudy(cfg.image_size, cfg.augment and train)),
+        wds.map(ToStudy(cfg.image_size, cfg.augment and train, cfg.blank_images)),
         wds.batched(batch_size, collation_fn=Collate(cfg.max_views), partial=True),
     ]
     pipeline = wds.DataPipeline(*stages)
@@ -178,5 +181,26 @@ def make_loader(
     """(DataLoader over the pipeline, the pipeline for `set_epoch`, samples in the split)."""
     pipeline, n_samples = build_pipeline(shards, split, cfg, batch_size, train, seed, rank, world)
     workers = cfg.workers if workers is None else workers
-    loader = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=workers, persistent_workers=False)
+    # Its own generator: a DataLoader iterator otherwise draws its base seed from the global torch RNG,
+    # which would shift dropout masks in a resumed run against the uninterrupted one.
+    loader = torch.utils.data.DataLoader(
+        pipeline, batch_size=None, num_workers=workers, persistent_workers=False,
+        generator=torch.Generator().manual_seed(seed),
+    )
     return loader, pipeline, n_samples
+
+
+def study_images(shards: str | Path, split: str, ids: set[str]) -> dict[str, list[bytes]]:
+    """The stored image bytes of the studies `ids` in a split (views in order), read straight from the tars."""
+    import tarfile
+
+    paths, _ = shard_paths(shards, split)
+    found: dict[str, dict[int, bytes]] = {}
+    for path in paths:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                key, _, rest = member.name.partition(".")
+                view, _, ext = rest.partition(".")
+                if key in ids and view.isdigit() and ext in ("png", "jpg"):
+                    found.setdefault(key, {})[int(view)] = tar.extractfile(member).read()
+    return {key: [views[v] for v in sorted(views)] for key, views in found.items()}
