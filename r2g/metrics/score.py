@@ -1,0 +1,126 @@
+"""Score generated reports: read prediction/reference files, then NLG and clinical-efficacy metrics together.
+
+Two file layouts are read:
+- R2Gen's: a predictions JSON `{id: [text]}` and a references JSON `{id: [text]}` (two files);
+- generation output: one JSONL file, one `{"id", "prediction", "reference"}` object per line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from r2g.errors import R2GError
+from r2g.metrics.chexpert import load_labeler
+from r2g.metrics.clinical import compute_ce
+from r2g.metrics.nlg import check_pairs, compute_nlg
+
+
+def load_pairs(pred_path: str | Path, ref_path: str | Path | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """(refs, preds), both id -> text. With `ref_path`, two R2Gen `{id: [text]}` JSON files; without, one JSONL."""
+    if ref_path is None:
+        return _read_jsonl(Path(pred_path))
+    refs, preds = _read_r2gen(Path(ref_path)), _read_r2gen(Path(pred_path))
+    try:
+        check_pairs(refs, preds)
+    except R2GError as e:
+        raise R2GError(f"{pred_path} and {ref_path}: {e}") from None
+    return refs, preds
+
+
+def _read_text(path: Path) -> str:
+    if not path.is_file():
+        raise R2GError(f"{path}: file not found")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise R2GError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _read_r2gen(path: Path) -> dict[str, str]:
+    """An R2Gen result file: a JSON object mapping each id to a one-element list of text."""
+    try:
+        data = json.loads(_read_text(path))
+    except json.JSONDecodeError as e:
+        hint = ""
+        if path.suffix == ".jsonl":
+            hint = " (one object per line is JSONL: pass it alone, without a reference file)"
+        raise R2GError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}{hint}") from None
+    if not isinstance(data, dict):
+        raise R2GError(f"{path}: expected a JSON object {{id: [text]}}, found a {type(data).__name__}")
+    texts = {}
+    for key, value in data.items():
+        if isinstance(value, list) and len(value) == 1:
+            value = value[0]
+        if not isinstance(value, str):
+            raise R2GError(f"{path}: id {key!r} must map to [text] (a list holding one string), found {value!r:.80}")
+        texts[key] = value
+    return texts
+
+
+def _read_jsonl(path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """A generation file: one {"id", "prediction", "reference"} object per line; blank lines are skipped."""
+    text = _read_text(path)
+    if _is_r2gen_file(text):
+        raise R2GError(f"{path}: an R2Gen {{id: [text]}} file, not JSONL: pass the reference file too")
+    refs, preds = {}, {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise R2GError(f"{path}, line {lineno}: invalid JSON ({e.msg}); expected one "
+                           '{"id", "prediction", "reference"} object per line') from None
+        if not isinstance(row, dict):
+            raise R2GError(f"{path}, line {lineno}: expected a JSON object, found a {type(row).__name__}")
+        missing = [key for key in ("id", "prediction", "reference") if key not in row]
+        if missing:
+            raise R2GError(f"{path}, line {lineno}: missing key(s) {', '.join(missing)}")
+        if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
+            raise R2GError(f"{path}, line {lineno}: 'id' must be a string or an integer, found {row['id']!r:.80}")
+        for key in ("prediction", "reference"):
+            if not isinstance(row[key], str):
+                raise R2GError(f"{path}, line {lineno}: '{key}' must be a string, found {row[key]!r:.80}")
+        rid = str(row["id"])
+        if rid in refs:
+            raise R2GError(f"{path}, line {lineno}: id {rid!r} appears twice; each report must appear once")
+        refs[rid], preds[rid] = row["reference"], row["prediction"]
+    if not refs:
+        raise R2GError(f"{path}: no reports in the file")
+    return refs, preds
+
+
+def _is_r2gen_file(text: str) -> bool:
+    """A whole-file JSON object that is no JSONL row (JSONL with 2+ rows is not valid JSON at all)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(data, dict) and not {"id", "prediction", "reference"} & set(data)
+
+
+def score(
+    refs: dict[str, str],
+    preds: dict[str, str],
+    meteor: bool = True,
+    labeler: str = "rules",
+    labeler_weights: str | None = None,
+    per_report_labels: bool = False,
+) -> dict:
+    """NLG metrics (BLEU_1..4, METEOR, ROUGE_L, CIDEr) and CE metrics (ce_*, ce5_*, per_label) in one dict.
+
+    Both sides are labelled with `labeler` ("rules" or "chexbert" with `labeler_weights`). With
+    `per_report_labels`, "labels" maps each id to {"reference": labels, "prediction": labels}.
+    """
+    check_pairs(refs, preds)
+    label = load_labeler(labeler, labeler_weights)  # first: a bad labeler fails before the slow NLG part
+    ids = list(refs)
+    results: dict = {"num_reports": len(ids)}
+    results.update(compute_nlg(refs, preds, meteor=meteor))
+    ref_labels = label([refs[k] for k in ids])
+    pred_labels = label([preds[k] for k in ids])
+    results.update(compute_ce(ref_labels, pred_labels))
+    if per_report_labels:
+        results["labels"] = {k: {"reference": r, "prediction": p} for k, r, p in zip(ids, ref_labels, pred_labels)}
+    return results
