@@ -1,0 +1,93 @@
+"""Training FLOPs of R2GenGPT per sample, for model FLOPs utilisation (MFU).
+
+The usual 6 * N * tokens assumes every weight trains. Here the LLM is frozen, yet the loss must still flow
+back through all of it to reach the visual tokens, so per sample (T = sequence length including the visual
+tokens, P = LLM weights used in matmuls, L layers, d hidden size):
+
+    LLM forward               2 * P * T   +  4 * L * T^2 * d   (attention: Q K^T and A V, 2 * 2 * L * T * d per token)
+    LLM backward, frozen      2 * P * T   +  8 * L * T^2 * d   (input grads only: no weight grads, but attention's
+                                                                 operands are activations, so it costs 2x forward)
+    vision, per image         F (shallow: forward only) | 2 F (delta: + input grads back to the first LoRA;
+                              LoRA weight grads are negligible) | 3 F (deep: + weight grads)
+    mapper, per visual token  2 * C * d forward + 2 * C * d weight grad (+ 2 * C * d input grad unless shallow)
+
+F is one image's forward through Swin, counted by torch's FlopCounterMode on a meta-device copy (Swin is
+hierarchical: its weights act on a different number of tokens in each stage, so 2 * N * tokens does not
+apply). Norms, softmax, activations and the optimizer are ignored, as in the PaLM MFU convention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import timm
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from r2g.config import ModelConfig
+
+# Dense bf16 tensor-core peak FLOP/s by CUDA device name; the first key found in the name wins.
+PEAK_FLOPS = {
+    "H100 PCIe": 756e12,
+    "H100": 989e12,  # SXM
+    "H200": 989e12,
+    "A100": 312e12,
+}
+
+
+def peak_flops(device_name: str) -> float | None:
+    """Peak bf16 FLOP/s for a device name such as torch.cuda.get_device_name() ("NVIDIA H100 80GB HBM3");
+    None when unknown, e.g. for "cpu"."""
+    return next((peak for key, peak in PEAK_FLOPS.items() if key in device_name), None)
+
+
+def mfu(flops_per_s: float, peak: float | None) -> float | None:
+    """Model FLOPs utilisation: achieved / peak FLOP/s (None without a known peak)."""
+    return flops_per_s / peak if peak else None
+
+
+def vision_forward_flops(cfg: ModelConfig) -> int:
+    """FLOPs of one image through the vision encoder of `cfg`, at its default image size (no memory used)."""
+    with torch.device("meta"):
+        encoder = timm.create_model(cfg.vision_arch, pretrained=False, num_classes=0, **cfg.vision_kwargs)
+        image = torch.empty(1, 3, *encoder.patch_embed.img_size)
+    with FlopCounterMode(display=False) as counter:
+        encoder.forward_features(image)
+    return counter.get_total_flops()
+
+
+@dataclass(frozen=True)
+class FlopCounts:
+    """The sizes the formula needs (see the module docstring)."""
+
+    llm_matmul_params: int  # P: weights of every Linear in the LLM, lm_head included, embedding table not
+    llm_layers: int  # L
+    llm_hidden: int  # d
+    vision_forward: int  # F: one image through the encoder
+    vision_features: int  # C: channels of the vision tokens
+    mode: str  # shallow | delta | deep
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> "FlopCounts":
+        """Counts of an `R2GenGPT` (works under ZeRO-3 partitioning and on the meta device)."""
+        linears = [m for m in model.llm.modules() if isinstance(m, nn.Linear)]
+        text = model.llm.config.get_text_config()
+        return cls(
+            llm_matmul_params=sum(getattr(m.weight, "ds_numel", m.weight.numel()) for m in linears),
+            llm_layers=text.num_hidden_layers,
+            llm_hidden=text.hidden_size,
+            vision_forward=vision_forward_flops(model.cfg),
+            vision_features=model.vision.num_features,
+            mode=model.cfg.mode,
+        )
+
+
+def train_flops_per_sample(counts: FlopCounts, seq_len: int, n_visual: int, n_images: float = 1.0) -> float:
+    """Forward + backward FLOPs of one training sample: seq_len tokens in total (n_visual of them visual),
+    n_images real views through the encoder (may be a batch average)."""
+    P, L, d, T = counts.llm_matmul_params, counts.llm_layers, counts.llm_hidden, seq_len
+    llm = (2 * P * T + 4 * L * T * T * d) + (2 * P * T + 8 * L * T * T * d)
+    vision = {"shallow": 1, "delta": 2, "deep": 3}[counts.mode] * counts.vision_forward * n_images
+    mapper = (4 if counts.mode == "shallow" else 6) * counts.vision_features * d * n_visual
+    return float(llm + vision + mapper)

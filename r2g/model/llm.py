@@ -1,0 +1,88 @@
+"""The language side: a frozen Hugging Face causal LM and its tokenizer, from a local folder only.
+
+Loading goes through `from_pretrained`, so Hugging Face's DeepSpeed ZeRO-3 integration (an `HfDeepSpeedConfig`
+kept alive by the caller) or an enclosing `deepspeed.zero.Init` partitions the weights as they load. Nothing
+here touches parameter data afterwards (no `.float()`, no copies): freezing only flips `requires_grad`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from r2g.config import ModelConfig
+from r2g.errors import R2GError
+
+LLM_HINT = (
+    "--llm must be a local Hugging Face folder with config.json and tokenizer files, e.g. /models/Llama-2-7b-chat-hf"
+)
+LORA_TARGETS = ["q_proj", "v_proj"]  # Llama / Mistral / Qwen names for the query and value projections
+# config.json keys that say where or with which library version a model was saved, not what it is.
+_VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version")
+
+
+def _check_folder(path: str | Path) -> Path:
+    folder = Path(path)
+    if not str(path) or not (folder / "config.json").is_file():
+        raise R2GError(f"{LLM_HINT} (got '{path}')")
+    return folder
+
+
+def load_llm(path: str | Path, dtype: torch.dtype | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A frozen causal LM and its tokenizer from the local folder `path` (never the Hub).
+
+    dtype: parameter dtype; None means float32 (transformers 5 would otherwise use the checkpoint's dtype,
+    e.g. fp16 for Llama-2, which is wrong on CPU). Pass torch.bfloat16 on GPU.
+    """
+    folder = _check_folder(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, TypeError) as e:
+        raise R2GError(f"{LLM_HINT}; cannot load the tokenizer from {folder} ({e})") from None
+    if tokenizer.eos_token_id is None:
+        raise R2GError(f"{folder}: the tokenizer has no eos token; set eos_token in tokenizer_config.json")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or torch.float32, local_files_only=True)
+    except (OSError, ValueError) as e:  # no weights, not a causal-LM architecture, ...
+        raise R2GError(f"{LLM_HINT}; cannot load a causal LM from {folder} ({e})") from None
+    n_embeddings = model.get_input_embeddings().num_embeddings
+    special = {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id}
+    outside = {name: i for name, i in special.items() if i is not None and i >= n_embeddings}
+    if outside:  # e.g. a tokenizer class that adds its own pad token to a model that has no row for it
+        raise R2GError(f"{folder}: special token ids {outside} are outside the model's {n_embeddings} embeddings; "
+                       "the tokenizer files do not belong to this model")
+    model.requires_grad_(False)
+    return model, tokenizer
+
+
+def config_hash(path: str | Path) -> str:
+    """sha256 of the LLM folder's config.json, canonicalised (sorted keys, no whitespace, without
+    `_name_or_path` / `transformers_version`), so a run can check it is reloaded with the same LLM."""
+    config = json.loads((_check_folder(path) / "config.json").read_text())
+    for key in _VOLATILE_CONFIG_KEYS:
+        config.pop(key, None)
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def add_llm_lora(llm: nn.Module, cfg: ModelConfig) -> nn.Module:
+    """LoRA (peft) on the LLM's query and value projections; returns the peft-wrapped model, in which only
+    the LoRA weights train."""
+    lora = LoraConfig(
+        r=cfg.llm_lora_r,
+        lora_alpha=cfg.llm_lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=LORA_TARGETS,
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(llm, lora)
+    except ValueError as e:  # peft: target modules not found
+        raise R2GError(f"model.llm_lora: this LLM has no {LORA_TARGETS} layers to adapt ({e}); "
+                       "turn llm_lora off") from None
