@@ -1,0 +1,68 @@
+"""Load a DeepSpeed JSON config and fill its "auto" values from the r2g config.
+
+A concrete value in the JSON that contradicts the CLI is an error naming both, so a run never trains with
+a batch size or learning rate other than the one its r2g_config.json records.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from r2g.config import RunConfig
+from r2g.errors import R2GError
+
+
+def _fill(section: dict, key: str, value: Any, where: str, flag: str, conflicts: list[str]) -> None:
+    current = section.get(key, "auto")
+    if current == "auto":
+        section[key] = value
+    elif current != value:
+        conflicts.append(f"{where} is {current!r} but {flag} gives {value!r}")
+
+
+def resolve_ds_config(path: str | Path, cfg: RunConfig, world: int, total_steps: int, bf16: bool) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise R2GError(f"{path}: DeepSpeed config not found (pass --ds ds_configs/zero2.json or zero3.json)")
+    try:
+        ds = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise R2GError(f"{path}: not valid JSON ({e})") from None
+    t, conflicts = cfg.train, []
+    _fill(ds, "train_micro_batch_size_per_gpu", t.micro_batch, "train_micro_batch_size_per_gpu", "--micro-batch", conflicts)
+    _fill(ds, "gradient_accumulation_steps", t.grad_accum, "gradient_accumulation_steps", "--grad-accum", conflicts)
+    _fill(ds, "gradient_clipping", t.grad_clip, "gradient_clipping", "--grad-clip", conflicts)
+    if ds.get("train_batch_size", "auto") == "auto":
+        ds["train_batch_size"] = t.micro_batch * t.grad_accum * world
+    elif ds["train_batch_size"] != t.micro_batch * t.grad_accum * world:
+        conflicts.append(
+            f"train_batch_size is {ds['train_batch_size']} but micro-batch × grad-accum × world = "
+            f"{t.micro_batch} × {t.grad_accum} × {world}"
+        )
+    if "optimizer" in ds:
+        params = ds["optimizer"].setdefault("params", {})
+        _fill(params, "lr", t.lr, "optimizer.params.lr", "--lr", conflicts)
+        _fill(params, "weight_decay", t.weight_decay, "optimizer.params.weight_decay", "--weight-decay", conflicts)
+    if "scheduler" in ds:
+        params = ds["scheduler"].setdefault("params", {})
+        _fill(params, "total_num_steps", total_steps, "scheduler.params.total_num_steps", "--epochs/--max-steps", conflicts)
+        _fill(params, "warmup_num_steps", min(t.warmup_steps, max(total_steps - 1, 0)), "scheduler.params.warmup_num_steps", "--warmup-steps", conflicts)
+        if "warmup_max_lr" in params:
+            _fill(params, "warmup_max_lr", t.lr, "scheduler.params.warmup_max_lr", "--lr", conflicts)
+    bf16_section = ds.setdefault("bf16", {})
+    _fill(bf16_section, "enabled", bf16, "bf16.enabled", "--precision", conflicts)
+    if ds.get("fp16", {}).get("enabled") is True and bf16:
+        conflicts.append("fp16.enabled is true but --precision resolves to bf16")
+    if bf16:
+        # timm Swin keeps its shifted-window attention mask as a buffer; DeepSpeed casts parameters, not
+        # buffers, so without this the masked matmul mixes fp32 and bf16 and fails.
+        ds.setdefault("data_types", {}).setdefault("buffer_dtype", "bf16")
+    if conflicts:
+        raise R2GError(f"{path} conflicts with the command line: " + "; ".join(conflicts) + '. Set those keys to "auto" or change the flags.')
+    return ds
+
+
+def zero_stage(ds: dict) -> int:
+    return int(ds.get("zero_optimization", {}).get("stage", 0))

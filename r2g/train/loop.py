@@ -1,0 +1,221 @@
+"""The training recipe: setup → train (forward, engine.backward, engine.step) → validate/save → cleanup.
+
+Runs unchanged under `deepspeed`, `torchrun` and plain `python`, on GPUs (bf16, NCCL) and on CPU (fp32,
+gloo). Under ZeRO-3 the frozen LLM is partitioned across ranks while it loads (HF's DeepSpeed
+integration runs `from_pretrained` inside `deepspeed.zero.Init`), so no rank ever holds all of it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from r2g.config import RunConfig
+from r2g.data.loader import make_loader, shard_paths
+from r2g.dist import init_distributed
+from r2g.errors import R2GError
+from r2g.train.checkpoint import export_trainable, gather_trainable, resume, save_resumable, write_run_config
+from r2g.train.ds_config import resolve_ds_config, zero_stage
+from r2g.train.logger import RunLogger
+from r2g.train.validate import check_select_metric, selection_value, validate
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    if precision == "auto":
+        return device.type == "cuda"  # bf16 on this CPU kind is ~10x slower than fp32
+    if precision == "fp16":
+        raise R2GError("--precision fp16 is not supported (Swin + LLaMA overflow in fp16); use bf16 or fp32")
+    return precision == "bf16"
+
+
+def micro_batches(loader, pipeline, steps_per_epoch: int, accum: int, start_step: int):
+    """Yield (epoch, micro-batch) forever, `steps_per_epoch * accum` micro-batches per epoch on every rank.
+
+    Every rank must take the same number of steps. The loader gives ranks equal shares to within the worker
+    count; a rank that runs out early re-reads its own stream, and the few samples beyond the last full
+    step of an epoch wait for the next epoch's shuffle (as drop_last does). Resuming skips the micro-batches
+    already trained in the current epoch; the shuffle is seeded by epoch, so the skipped ones are the same.
+    """
+    per_epoch = steps_per_epoch * accum
+    epoch, skip = divmod(start_step, steps_per_epoch)
+    skip *= accum
+    while True:
+        pipeline.set_epoch(epoch)
+        served = 0
+        while served < per_epoch:
+            read = 0
+            for batch in loader:
+                read += 1
+                if skip:
+                    skip -= 1
+                else:
+                    yield epoch, batch
+                served += 1
+                if served == per_epoch:
+                    break
+            if read == 0:
+                raise R2GError("a rank's share of the train split is empty (fewer train shards or studies than "
+                               "ranks × workers); use fewer processes or fewer --workers")
+        epoch += 1
+
+
+def model_inputs(model, batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
+    from r2g.model.prompt import build_batch
+
+    n_visual = model.num_visual_tokens(batch["view_mask"].shape[1])
+    text = build_batch(model.tokenizer, batch["reports"], n_visual, model.cfg)
+    return {
+        "images": batch["images"].to(device, dtype),
+        "view_mask": batch["view_mask"].to(device),
+        **{k: v.to(device) for k, v in text.items()},
+    }
+
+
+def llm_elements_held(llm) -> tuple[int, int]:
+    """(weights this rank stores, weights in the LLM): under ZeRO-3 each rank keeps only its partition."""
+    held = total = 0
+    for p in llm.parameters():
+        if hasattr(p, "ds_tensor"):  # ZeRO-3 partitioned parameter
+            held, total = held + p.ds_tensor.numel(), total + p.ds_numel
+        else:
+            held, total = held + p.numel(), total + p.numel()
+    return held, total
+
+
+def run(cfg: RunConfig) -> dict:
+    """Train; returns {"steps", "best", "final_loss"}. Resumes from `cfg.train.out` when `cfg.train.resume`."""
+    import deepspeed
+    from transformers import set_seed
+    from transformers.integrations import HfDeepSpeedConfig
+
+    from r2g.model.flops import FlopCounts, peak_flops, train_flops_per_sample
+    from r2g.model.llm import config_hash
+    from r2g.model.r2gen import build_model
+
+    t = cfg.train
+    check_select_metric(t.select_metric)
+    rank, world, device = init_distributed()
+    # Seed before anything draws: mapper and LoRA initialisation, then dropout. Same seed on every rank,
+    # so every rank builds identical initial weights. A resumed run restores the RNG state it saved.
+    set_seed(t.seed)
+    out = Path(t.out)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    ckpt_exists = (out / "checkpoints" / "latest").is_file()
+    if ckpt_exists and not t.resume:
+        raise R2GError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+
+    # Data first: a missing split should fail before minutes of model loading.
+    _, n_train = shard_paths(cfg.data.shards, "train")
+    validating = t.val_samples >= 0
+    if validating:
+        try:
+            shard_paths(cfg.data.shards, "val")
+        except R2GError as e:
+            raise R2GError(f"{e}. Or pass --val-samples -1 to train without validation.") from None
+    steps_per_epoch = max(1, n_train // (world * t.micro_batch * t.grad_accum))
+    total_steps = t.max_steps or t.epochs * steps_per_epoch
+    bf16 = use_bf16(t.precision, device)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    ds = resolve_ds_config(t.ds_config, cfg, world, total_steps, bf16)
+    stage = zero_stage(ds)
+
+    # Model: keep the HfDeepSpeedConfig alive across from_pretrained so ZeRO-3 partitions the LLM at load.
+    hf_ds = HfDeepSpeedConfig(ds) if stage == 3 else None  # noqa: F841
+    model = build_model(cfg.model, dtype=dtype)
+    table = model.param_table()
+    flop_counts = FlopCounts.from_model(model)
+    engine, _, _, scheduler = deepspeed.initialize(model=model, model_parameters=model.trainable_parameters(), config=ds)
+    if rank == 0:
+        write_run_config(out, cfg, config_hash(cfg.model.llm))
+
+    start_step, best = 0, None
+    if t.resume:
+        client = resume(engine, out)
+        if client is not None:
+            if client["steps_per_epoch"] != steps_per_epoch:
+                raise R2GError(
+                    f"{out}: the checkpoint has {client['steps_per_epoch']} steps per epoch, this launch "
+                    f"{steps_per_epoch}; resume with the same shards, world size, --micro-batch and --grad-accum"
+                )
+            start_step, best = client["global_step"], client["best"]
+    log = RunLogger(out, total_steps, start_step, enabled=rank == 0)
+    log.print(f"rank 0 of {world} on {device}, ZeRO-{stage}, {'bf16' if bf16 else 'fp32'}; "
+              f"{n_train} train studies, {steps_per_epoch} steps/epoch, {total_steps} steps" +
+              (f"; resumed at step {start_step}" if start_step else ""))
+    log.param_table(table)
+    held, total = llm_elements_held(engine.module.llm)
+    log.print(f"frozen LLM: this rank holds {held:,} of {total:,} weights ({held / max(total, 1):.0%})")
+    log.log(start_step, {"llm_weights_held": held, "llm_weights_total": total})
+
+    train_loader, train_pipe, _ = make_loader(cfg.data.shards, "train", cfg.data, t.micro_batch, True, t.seed, rank, world)
+    val_loader = None
+    if validating:
+        val_loader, _, _ = make_loader(cfg.data.shards, "val", cfg.data, cfg.generate.batch_size, False, t.seed, rank, world)
+    stream = micro_batches(train_loader, train_pipe, steps_per_epoch, t.grad_accum, start_step)
+    peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    synced = stage == 3 and world > 1
+
+    def validate_and_export(step: int) -> None:
+        nonlocal best
+        if validating:
+            scores, rows = validate(engine.module, val_loader, cfg, device, dtype, rank, world, synced)
+            value = selection_value(scores, t.select_metric)
+            log.log(step, {f"val/{k}": v for k, v in scores.items()} | {"val/select": value})
+            log.print(f"step {step}: val {t.select_metric} = {value:.4f} " + " ".join(f"{k}={v:.3f}" for k, v in scores.items()))
+            improved = best is None or value > best["value"]
+        else:
+            scores, value, improved = {}, None, True  # without validation the latest weights are the export
+        weights = gather_trainable(engine)  # collective under ZeRO-3
+        if improved:
+            best = {"step": step, "metric": t.select_metric, "value": value, "scores": scores}
+            if rank == 0:
+                export_trainable(weights, out, best)
+
+    engine.train()
+    step, loss_value = start_step, float("nan")
+    window_start, window_samples, window_tokens, window_flops = time.perf_counter(), 0, 0, 0.0
+    while step < total_steps:
+        for _ in range(t.grad_accum):
+            epoch, batch = next(stream)
+            inputs = model_inputs(engine.module, batch, device, dtype)
+            loss = engine(**inputs).loss
+            engine.backward(loss)
+            engine.step()
+            n_studies, n_views = batch["view_mask"].shape
+            window_samples += n_studies
+            window_tokens += int(inputs["attention_mask"].sum())
+            window_flops += n_studies * train_flops_per_sample(
+                flop_counts, inputs["input_ids"].shape[1], engine.module.num_visual_tokens(n_views),
+                n_images=batch["view_mask"].sum().item() / n_studies,
+            )
+        step += 1
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise R2GError(f"loss is {loss_value} at step {step}; lower --lr or use --precision fp32")
+
+        if step % t.log_every == 0 or step == total_steps:
+            seconds = time.perf_counter() - window_start
+            record = {
+                "epoch": epoch, "loss": loss_value, "lr": scheduler.get_last_lr()[0] if scheduler else t.lr,
+                "samples_per_s": window_samples * world / seconds, "tokens_per_s": window_tokens * world / seconds,
+            }
+            if peak:  # per rank: this rank's model FLOPs over its GPU's peak
+                record["mfu"] = window_flops / seconds / peak
+            status = f"loss {loss_value:.3f} lr {record['lr']:.2e} {record['samples_per_s']:.1f} samples/s {record['tokens_per_s']:.0f} tok/s"
+            log.log(step, record, status + (f" MFU {record['mfu']:.1%}" if peak else ""))
+            window_start, window_samples, window_tokens, window_flops = time.perf_counter(), 0, 0, 0.0
+        else:
+            log.advance(step)
+
+        end_of_epoch = step % steps_per_epoch == 0
+        if (t.val_every and step % t.val_every == 0) or (not t.val_every and end_of_epoch) or step == total_steps:
+            validate_and_export(step)
+        if step % t.save_every == 0 or step == total_steps:
+            save_resumable(engine, out, step, {"global_step": step, "steps_per_epoch": steps_per_epoch, "best": best}, rank)
+
+    log.close()
+    return {"steps": step, "best": best, "final_loss": loss_value}
