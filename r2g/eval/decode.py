@@ -1,0 +1,55 @@
+"""Batched report generation over a loader, split across ranks and gathered back in order.
+
+Under ZeRO-3 every forward pass gathers partitioned weights collectively, so every rank must run the same
+number of generate calls: ranks with fewer batches repeat their last batch and drop its output, and
+generation uses `synced_gpus` so a rank whose beams finished early keeps stepping with the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+
+from r2g.config import GenerateConfig
+from r2g.errors import R2GError
+
+
+def decode(
+    model,
+    batches: Iterable[dict],
+    gen: GenerateConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    max_samples: int = 0,
+    distributed: bool = False,
+    synced: bool = False,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[dict]:
+    """[{id, prediction, reference}] for this rank's batches (all ranks' rows, in id order, if `distributed`)."""
+    local = []
+    for batch in batches:
+        if max_samples and len(local) >= max_samples:
+            break
+        local.append(batch)
+    rows: list[dict] = []
+    n_batches = len(local)
+    if distributed:
+        from r2g.dist import all_max
+
+        n_batches = all_max(n_batches)
+        if all_max(int(not local)):  # every rank learns it, so none is left waiting in a collective
+            raise R2GError("a rank got no studies to decode: the split has fewer studies than ranks; use fewer processes")
+    for i in range(n_batches):
+        batch = local[min(i, len(local) - 1)]
+        images = batch["images"].to(device, dtype)
+        preds = model.generate(images, batch["view_mask"].to(device), gen, synced_gpus=synced)
+        if i < len(local):
+            rows += [{"id": i_, "prediction": p, "reference": r} for i_, p, r in zip(batch["ids"], preds, batch["reports"])]
+            if on_batch:
+                on_batch(len(preds))
+    if distributed:
+        from r2g.dist import gather_objects
+
+        rows = [row for part in gather_objects(rows) for row in part]
+    return sorted(rows, key=lambda r: r["id"])

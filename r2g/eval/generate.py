@@ -1,0 +1,63 @@
+"""Reports for new images: image files → studies → batched beam search with a trained run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from r2g.config import replace
+from r2g.data.loader import Collate
+from r2g.data.transforms import image_transform, to_rgb_tensor
+from r2g.errors import R2GError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+def collect_studies(inputs: list[str]) -> list[list[Path]]:
+    """Each argument is one study: an image, `frontal.png,lateral.png` (a study with two views), or a folder
+    (each image inside becomes its own study, in name order)."""
+    studies = []
+    for arg in inputs:
+        if "," in arg:
+            studies.append([Path(p) for p in arg.split(",") if p])
+        elif Path(arg).is_dir():
+            found = sorted(p for p in Path(arg).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise R2GError(f"{arg}: folder holds no .png/.jpg images")
+            studies += [[p] for p in found]
+        else:
+            studies.append([Path(arg)])
+    if not studies:
+        raise R2GError("no images given: pass image files, folders, or frontal.png,lateral.png pairs")
+    return studies
+
+
+def load_view(path: Path, transform) -> torch.Tensor:
+    if not path.is_file():
+        raise R2GError(f"{path}: image not found")
+    try:
+        with Image.open(path) as img:
+            return to_rgb_tensor(img, transform)
+    except (UnidentifiedImageError, OSError) as e:
+        raise R2GError(f"{path}: not a readable image ({e})") from None
+
+
+def generate_reports(model, cfg, studies: list[list[Path]], gen_overrides: dict | None = None) -> list[dict]:
+    """[{"images": [paths], "report": text}] for each study, in order."""
+    device = next(model.mapper.parameters()).device
+    dtype = next(model.mapper.parameters()).dtype
+    gen = replace(cfg.generate, **(gen_overrides or {}))
+    transform = image_transform(cfg.data.image_size)
+    collate = Collate(cfg.data.max_views)
+    results = []
+    for start in range(0, len(studies), gen.batch_size):
+        chunk = studies[start : start + gen.batch_size]
+        batch = collate([
+            {"id": str(i), "views": [load_view(p, transform) for p in paths], "report": "", "labels": None}
+            for i, paths in enumerate(chunk)
+        ])
+        reports = model.generate(batch["images"].to(device, dtype), batch["view_mask"].to(device), gen)
+        results += [{"images": [str(p) for p in paths], "report": r} for paths, r in zip(chunk, reports)]
+    return results

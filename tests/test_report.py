@@ -1,0 +1,127 @@
+"""The evaluation report: example selection, metric formatting, HTML escaping and embedded thumbnails."""
+
+import base64
+import io
+import re
+
+import pytest
+from PIL import Image
+
+from r2g.errors import R2GError
+from r2g.eval.report import write_report
+from r2g.labels import CHEXPERT_LABELS
+
+METRICS = {"BLEU_1": 0.1234, "BLEU_2": 0.2, "BLEU_3": 0.3, "BLEU_4": 0.0456, "ROUGE_L": 0.5, "CIDEr": 1.25,
+           "ce_micro_precision": 0.6789, "ce_macro_f1": 0.111, "ce_example_recall": 0.222, "ce5_micro_f1": 0.333,
+           "per_label": {name: {"precision": 0.5, "recall": 0.25, "f1": 0.333, "support": 7}
+                         for name in CHEXPERT_LABELS},
+           "num_reports": 12, "mystery": 0.98765, "ce_convention": "rules labeler <v1>"}
+
+
+def png(size: tuple[int, int], fmt: str = "PNG") -> bytes:
+    out = io.BytesIO()
+    Image.new("L", size, 128).save(out, format=fmt)
+    return out.getvalue()
+
+
+def make_rows(n: int) -> list[dict]:
+    """Study s{i:02d} scores i / 100, so the best are the highest indexes; labels differ on Cardiomegaly."""
+    rows = []
+    for i in range(n):
+        ref, pred = dict.fromkeys(CHEXPERT_LABELS), dict.fromkeys(CHEXPERT_LABELS)
+        ref["Cardiomegaly"] = 1
+        rows.append({"id": f"s{i:02d}", "score": i / 100, "reference": f"reference {i} heart & lungs",
+                     "prediction": f"prediction {i}", "labels_ref": ref, "labels_pred": pred})
+    rows[11 % n]["prediction"] = "<script>alert(1)</script>"
+    return rows
+
+
+def section(text: str, heading: str) -> str:
+    """The text of one '## heading' section, up to the next '## ' heading."""
+    return text.split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
+
+
+def ids_in(md_section: str) -> list[str]:
+    return re.findall(r"^### \d+\. (\S+)", md_section, flags=re.M)
+
+
+def html_ids(html_text: str) -> list[str]:
+    return re.findall(r'<span class="id">(.*?)</span>', html_text)
+
+
+@pytest.fixture
+def report(tmp_path):
+    thumbs = {"s11": [png((600, 400)), png((300, 500), "JPEG")], "s00": [png((50, 40))]}
+    paths = write_report(tmp_path / "out", make_rows(12), METRICS, thumbs, "Run <A> & B", n_examples=3, seed=1)
+    return paths, paths["markdown"].read_text(), paths["html"].read_text()
+
+
+def test_files_written(report):
+    paths, _, _ = report
+    assert paths["markdown"].name == "report.md" and paths["html"].name == "report.html"
+    assert all(p.is_file() for p in paths.values())
+
+
+def test_best_worst_random(report, tmp_path):
+    _, md, html_text = report
+    best, worst = ids_in(section(md, "Best examples")), ids_in(section(md, "Worst examples"))
+    assert best == ["s11", "s10", "s09"]
+    assert worst == ["s00", "s01", "s02"]
+    chosen = ids_in(section(md, "Random examples"))
+    assert len(chosen) == 3 and not set(chosen) & set(best + worst)
+    assert html_ids(html_text) == best + worst + chosen
+    again = write_report(tmp_path / "again", make_rows(12), METRICS, {}, "t", n_examples=3, seed=1)
+    assert ids_in(section(again["markdown"].read_text(), "Random examples")) == chosen
+
+
+def test_metrics_formatted(report):
+    _, md, html_text = report
+    for text in (md, html_text):
+        for value in ("0.123", "0.046", "1.250", "0.679", "0.111", "0.222", "0.333", "0.988"):
+            assert value in text
+        assert "n/a" in text  # METEOR absent
+        assert "example-based (PromptMRG)" in text and "pycocoevalcap" in text
+    assert "| Cardiomegaly | 0.500 | 0.250 | 0.333 | 7 |" in md
+    assert "Cardiomegaly: ref 1, pred blank" in md
+
+
+def test_html_escaped(report):
+    _, md, html_text = report
+    assert "<script>" not in html_text and "&lt;script&gt;alert(1)&lt;/script&gt;" in html_text
+    assert "Run &lt;A&gt; &amp; B" in html_text and "heart &amp; lungs" in html_text
+    assert "rules labeler &lt;v1&gt;" in html_text
+    assert "<script>" not in md
+
+
+def test_thumbnails_embedded(report):
+    _, md, html_text = report
+    uris = re.findall(r'src="data:image/png;base64,([^"]+)"', html_text)
+    assert len(uris) == 3  # s11 (2 views, best) and s00 (1 view, worst)
+    sizes = [Image.open(io.BytesIO(base64.b64decode(u))).size for u in uris]
+    assert sizes[0] == (192, 128) and max(sizes[1]) == 192 and sizes[2] == (50, 40)
+    s10 = re.search(r'class="id">s10</span>.*?</table>', html_text, flags=re.S).group()
+    assert "no image" in s10 and "<img" not in s10
+    assert "no image" in md and "http" not in html_text
+
+
+def test_unreadable_image(tmp_path):
+    paths = write_report(tmp_path, make_rows(2), METRICS, {"s01": [b"not an image"]}, "t", n_examples=1)
+    assert "unreadable image" in paths["html"].read_text()
+
+
+def test_few_rows_no_duplicates(tmp_path):
+    paths = write_report(tmp_path, make_rows(4), {}, {}, "t", n_examples=3)
+    md = paths["markdown"].read_text()
+    shown = [ids_in(section(md, h)) for h in ("Best examples", "Worst examples", "Random examples")]
+    assert shown == [["s03", "s02", "s01"], ["s00"], []]
+    assert "No studies left to show." in md
+
+
+def test_no_examples(tmp_path):
+    md = write_report(tmp_path, make_rows(3), METRICS, {}, "t", n_examples=0)["markdown"].read_text()
+    assert "## Best examples" not in md and "## Clinical efficacy (CE)" in md
+
+
+def test_negative_examples_rejected(tmp_path):
+    with pytest.raises(R2GError, match="n_examples"):
+        write_report(tmp_path, make_rows(2), METRICS, {}, "t", n_examples=-1)
