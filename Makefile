@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 install: $(VENV)/.installed
 
 test: install
-	$(BIN)/pytest -q -n 2 --dist loadfile
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q -n 2 --dist loadfile
 
 demo: install
 	$(BIN)/r2g demo --out demo

@@ -20,6 +20,7 @@ not depend on how studies are spread over worker processes.
 
 from __future__ import annotations
 
+import re
 import json
 import math
 import multiprocessing
@@ -52,6 +53,8 @@ FAINT_RATE = 0.2  # share of (non-device) findings drawn faintly and reported wi
 IU_SINGLE_VIEW_RATE = 0.1  # IU-Xray studies with only the frontal image
 
 # The CheXpert labels each finding asserts (1 when drawn clearly, -1 when drawn faintly).
+_OPACITY_WORDS = re.compile(r"opacit|infiltrat|airspace disease|air-space disease", re.IGNORECASE)
+
 FINDING_LABELS = {
     "cardiomegaly": ("Cardiomegaly",),
     "effusion": ("Pleural Effusion",),
@@ -998,7 +1001,11 @@ def _finding_text(f: Finding, rng) -> tuple[str, str, Labels]:
     body, impression = _POSITIVE[key]
     words = _words(f, rng)
     value = 1 if f.certain else -1
-    return _sentence(rng, body, **words), _sentence(rng, impression, **words), {lab: value for lab in FINDING_LABELS[f.kind]}
+    sentence, summary = _sentence(rng, body, **words), _sentence(rng, impression, **words)
+    labels = {lab: value for lab in FINDING_LABELS[f.kind]}
+    if _OPACITY_WORDS.search(sentence + " " + summary):  # CheXpert labels Lung Opacity from these words
+        labels["Lung Opacity"] = value
+    return sentence, summary, labels
 
 
 def _devices_text(f: Finding, rng) -> tuple[list[str], str, Labels]:
