@@ -329,7 +329,7 @@ def score(
 def demo(
     out: Path = typer.Option(Path("demo"), help="Working folder for data, shards, models and runs."),
     studies: int = typer.Option(1500, help="Synthetic studies to generate."),
-    steps: int = typer.Option(450, help="Alignment training steps (each model)."),
+    steps: int = typer.Option(300, help="Alignment training steps (each model)."),
     seed: int = typer.Option(0),
 ):
     """The main job on a laptop CPU: synthetic data → shards → tiny LM → delta alignment with DeepSpeed →

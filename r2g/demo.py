@@ -19,8 +19,10 @@ from pathlib import Path
 
 from r2g.config import DataConfig, GenerateConfig, ModelConfig, RunConfig, TrainConfig
 
-# A Swin with the base model's layout (4 stages, patch 4, window 7, 224 px) but narrow and shallow.
-DEMO_VISION = {"embed_dim": 48, "depths": [1, 1, 2, 1], "num_heads": [2, 4, 8, 16]}
+# A Swin with the base model's layout (4 stages, patch 4) but narrow, shallow and at 128 px with window 4
+# (4 x 4 = 16 visual tokens): about 23 studies/s for a delta training step on 2 CPU cores.
+DEMO_IMAGE_SIZE = 128
+DEMO_VISION = {"img_size": DEMO_IMAGE_SIZE, "window_size": 4, "embed_dim": 48, "depths": [1, 1, 2, 1], "num_heads": [2, 4, 8, 16]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,14 +30,15 @@ class DemoOptions:
     out: Path = Path("demo")
     studies: int = 1500
     seed: int = 0
-    steps: int = 450
+    steps: int = 300
     lm_steps: int = 300
     test_studies: int = 150
 
 
 def demo_config(opts: DemoOptions, run: str, blank: bool) -> RunConfig:
     return RunConfig(
-        data=DataConfig(shards=str(opts.out / "shards"), dataset="mimic_cxr", workers=1, blank_images=blank),
+        data=DataConfig(shards=str(opts.out / "shards"), dataset="mimic_cxr", workers=1, blank_images=blank,
+                        image_size=DEMO_IMAGE_SIZE),
         model=ModelConfig(llm=str(opts.out / "tiny-lm"), vision_arch="swin_tiny_patch4_window7_224",
                           vision_kwargs=DEMO_VISION, mode="delta", max_report_tokens=100),
         train=TrainConfig(out=str(opts.out / "runs" / run), ds_config="ds_configs/zero2.json", lr=1e-3, micro_batch=12,

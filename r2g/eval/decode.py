@@ -27,11 +27,15 @@ def decode(
     on_batch: Callable[[int], None] | None = None,
 ) -> list[dict]:
     """[{id, prediction, reference}] for this rank's batches (all ranks' rows, in id order, if `distributed`)."""
-    local = []
+    local, n_studies = [], 0
     for batch in batches:
-        if max_samples and len(local) >= max_samples:
+        if max_samples and n_studies >= max_samples:
             break
+        if max_samples and n_studies + len(batch["ids"]) > max_samples:  # cut the last batch to the limit
+            keep = max_samples - n_studies
+            batch = {k: v[:keep] for k, v in batch.items()}
         local.append(batch)
+        n_studies += len(batch["ids"])
     rows: list[dict] = []
     n_batches = len(local)
     if distributed:
