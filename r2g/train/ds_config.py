@@ -48,7 +48,9 @@ def resolve_ds_config(path: str | Path, cfg: RunConfig, world: int, total_steps:
     if "scheduler" in ds:
         params = ds["scheduler"].setdefault("params", {})
         _fill(params, "total_num_steps", total_steps, "scheduler.params.total_num_steps", "--epochs/--max-steps", conflicts)
-        _fill(params, "warmup_num_steps", min(t.warmup_steps, max(total_steps - 1, 0)), "scheduler.params.warmup_num_steps", "--warmup-steps", conflicts)
+        # DeepSpeed's WarmupCosineLR rejects 0 warmup steps; one step at the floor lr is the nearest to none.
+        warmup = max(1, min(t.warmup_steps, total_steps - 1))
+        _fill(params, "warmup_num_steps", warmup, "scheduler.params.warmup_num_steps", "--warmup-steps", conflicts)
         if "warmup_max_lr" in params:
             _fill(params, "warmup_max_lr", t.lr, "scheduler.params.warmup_max_lr", "--lr", conflicts)
     bf16_section = ds.setdefault("bf16", {})

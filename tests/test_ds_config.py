@@ -1,0 +1,34 @@
+"""DeepSpeed config resolution: "auto" filled from the r2g config, conflicts named, edge values made valid."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from r2g.config import RunConfig, TrainConfig
+from r2g.errors import R2GError
+from r2g.train.ds_config import resolve_ds_config
+
+ZERO2 = Path(__file__).resolve().parents[1] / "ds_configs" / "zero2.json"
+
+
+def test_auto_values_come_from_the_config():
+    cfg = RunConfig(train=TrainConfig(micro_batch=6, grad_accum=2, lr=3e-4, warmup_steps=10))
+    ds = resolve_ds_config(ZERO2, cfg, world=4, total_steps=100, bf16=True)
+    assert ds["train_micro_batch_size_per_gpu"] == 6 and ds["train_batch_size"] == 48
+    assert ds["optimizer"]["params"]["lr"] == 3e-4 and ds["scheduler"]["params"]["total_num_steps"] == 100
+    assert ds["bf16"]["enabled"] is True and ds["data_types"]["buffer_dtype"] == "bf16"
+
+
+def test_zero_warmup_becomes_one_step():
+    ds = resolve_ds_config(ZERO2, RunConfig(train=TrainConfig(warmup_steps=0)), 1, 50, False)
+    assert ds["scheduler"]["params"]["warmup_num_steps"] == 1 and "data_types" not in ds
+
+
+def test_conflicting_value_names_both_sides(tmp_path):
+    ds = json.loads(ZERO2.read_text())
+    ds["optimizer"]["params"]["lr"] = 0.1
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(ds))
+    with pytest.raises(R2GError, match=r"optimizer.params.lr is 0.1 but --lr gives 0.0001"):
+        resolve_ds_config(path, RunConfig(), 1, 10, False)
