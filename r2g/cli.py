@@ -114,8 +114,6 @@ def tiny_lm(
 
 
 def _read_corpus(path: Path) -> list[str]:
-    import json
-
     if not path.is_file():
         raise R2GError(f"{path}: corpus not found")
     if path.suffix == ".json":

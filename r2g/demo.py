@@ -49,6 +49,7 @@ def demo_config(opts: DemoOptions, run: str, blank: bool) -> RunConfig:
 
 
 def run_demo(opts: DemoOptions, log: Callable[[str], None]) -> dict:
+    from r2g.data.reports import clean_report
     from r2g.data.shard import ShardOptions, shard_dataset
     from r2g.data.synth import generate
     from r2g.eval.run import evaluate
@@ -70,8 +71,6 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None]) -> dict:
 
     log("3/5 train the tiny language model on the train reports")
     annotation = json.loads((data / "annotation.json").read_text())
-    from r2g.data.reports import clean_report
-
     corpus = [clean_report(e["report"], "mimic_cxr") for e in annotation["train"]]
     lm = train_tiny_lm(corpus, opts.out / "tiny-lm", steps=opts.lm_steps, seed=opts.seed)
     log(f"   tiny LM: held-out perplexity {lm['ppl_init']:.0f} → {lm['ppl_final']:.1f}")

@@ -45,6 +45,17 @@ def write_raw_dataset(root: Path, per_split=(6, 2, 3), two_views_every=2, size=3
     return path
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny ops run fastest on one thread, and two pytest workers on two cores must not spin-wait on each other."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def raw_dataset(tmp_path) -> Path:
     return write_raw_dataset(tmp_path / "raw")

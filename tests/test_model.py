@@ -27,6 +27,8 @@ from r2g.model.r2gen import build_model, merge_visual
 from r2g.model.tiny_lm import train_tokenizer
 from r2g.model.vision import QVLoRA, build_vision_encoder, encode
 
+from .conftest import TINY_VISION_KWARGS
+
 REPORTS = [
     "the heart is normal in size . the lungs are clear .",
     "no pleural effusion or pneumothorax . no acute cardiopulmonary process .",
@@ -34,18 +36,7 @@ REPORTS = [
     "the lungs are hyperexpanded . no focal consolidation .",
 ]
 SWIN = "swin_tiny_patch4_window7_224"
-# 64 px input, 2 x 2 final grid (4 tokens per view), 256 channels: cheap enough for CPU training tests.
-MICRO_SWIN = dict(img_size=64, window_size=2, embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))
 GEN = GenerateConfig(num_beams=2, min_new_tokens=2, max_new_tokens=6)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops run fastest on one thread, and two pytest workers on two cores must not spin-wait on each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +55,7 @@ def tiny_llama(tokenizer, seed=0):
 
 
 def micro_cfg(**changes):
-    return ModelConfig(vision_arch=SWIN, vision_kwargs=MICRO_SWIN, max_report_tokens=12, **changes)
+    return ModelConfig(vision_arch=SWIN, vision_kwargs=TINY_VISION_KWARGS, max_report_tokens=12, **changes)
 
 
 def images(B=2, V=2):
@@ -138,7 +129,7 @@ def save_hf_swin(tmp_path, old_names: bool):
 @pytest.mark.parametrize("old_names", [True, False])
 def test_hf_swin_weights_give_identical_features(tmp_path, old_names):
     hf = save_hf_swin(tmp_path, old_names)
-    kwargs = {**MICRO_SWIN, "depths": (2, 2, 2, 2)}  # 2 blocks per stage: the second uses shifted windows
+    kwargs = {**TINY_VISION_KWARGS, "depths": (2, 2, 2, 2)}  # 2 blocks per stage: the second uses shifted windows
     cfg = ModelConfig(vision_arch=SWIN, vision_kwargs=kwargs, vision_weights=str(tmp_path))
     encoder = build_vision_encoder(cfg).eval()
     x = torch.randn(2, 3, 64, 64)

@@ -13,15 +13,6 @@ from r2g.model.tiny_lm import train_tiny_lm
 TINY = dict(vocab_size=400, hidden=32, layers=1, heads=2, steps=40, seq_len=32, batch_size=8, lr=3e-3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops run fastest on one thread, and two pytest workers on two cores must not spin-wait on each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def reports(n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     parts = [
