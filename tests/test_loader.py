@@ -98,3 +98,22 @@ def test_missing_split_and_missing_folder(shards, tmp_path):
         make_loader(bad, "train", CFG, batch_size=2, train=False)
     with pytest.raises(R2GError, match="written by `r2g shard`"):
         make_loader(tmp_path / "nothing", "train", CFG, batch_size=2, train=False)
+
+
+def test_loader_workers_tokenize_with_the_given_encoder(shards):
+    """The training loader hands each batch's reports and view-slot count to the encoder and carries its
+    tensors as batch["text"], built in the worker process, not on the training step."""
+    import os
+
+    calls = []
+
+    def encode(reports, n_views):
+        calls.append(os.getpid())
+        return {"n_views": torch.tensor(n_views), "lengths": torch.tensor([len(r) for r in reports])}
+
+    loader, _, _ = make_loader(shards, "train", CFG, batch_size=4, train=False, workers=1, encode_reports=encode)
+    batches = list(loader)
+    assert len(batches) == 6 and calls == []  # every call ran in the worker process
+    for batch in batches:
+        assert batch["text"]["n_views"].item() == batch["view_mask"].shape[1]
+        assert batch["text"]["lengths"].tolist() == [len(r) for r in batch["reports"]]

@@ -22,7 +22,7 @@ from r2g.config import PROMPT, GenerateConfig, ModelConfig
 from r2g.errors import R2GError
 from r2g.model.flops import FlopCounts, mfu, peak_flops, train_flops_per_sample, vision_forward_flops
 from r2g.model.llm import config_hash, load_llm
-from r2g.model.prompt import IGNORE_INDEX, build_batch, prompt_pieces
+from r2g.model.prompt import IGNORE_INDEX, ReportEncoder, build_batch, prompt_pieces
 from r2g.model.r2gen import build_model, merge_visual
 from r2g.model.tiny_lm import train_tokenizer
 from r2g.model.vision import QVLoRA, build_vision_encoder, encode
@@ -253,6 +253,19 @@ def test_generate_batched_on_cpu(tokenizer):
     x, mask = images()
     reports = model.generate(x, mask, GEN)
     assert len(reports) == 2 and all(isinstance(r, str) for r in reports)
+
+
+@pytest.mark.parametrize("view_merge", ["mean", "concat"])
+def test_report_encoder_gives_the_batch_the_model_expects(tokenizer, view_merge):
+    """What the training loader's workers build equals what the model would build, for each view count."""
+    model = build_model(micro_cfg(view_merge=view_merge), llm=tiny_llama(tokenizer), tokenizer=tokenizer)
+    encode = ReportEncoder(tokenizer, model.cfg, {v: model.num_visual_tokens(v) for v in (1, 2)})
+    for n_views in (1, 2):
+        got = encode(REPORTS[:2], n_views)
+        want = build_batch(tokenizer, REPORTS[:2], model.num_visual_tokens(n_views), model.cfg)
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    per_view = model.num_visual_tokens(1)
+    assert int(encode(REPORTS[:1], 2)["image_positions"].sum()) == per_view * (2 if view_merge == "concat" else 1)
 
 
 def test_visual_token_count_must_match_placeholders():

@@ -18,7 +18,7 @@ A batch is a dict:
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -104,10 +104,12 @@ class ToStudy:
 
 
 class Collate:
-    """Studies → one batch dict (see module doc); keeps at most `max_views` views per study, in order."""
+    """Studies → one batch dict (see module doc); keeps at most `max_views` views per study, in order.
+    With `encode_reports` (reports, views per study) -> tensors, the batch also carries them as "text"."""
 
-    def __init__(self, max_views: int):
+    def __init__(self, max_views: int, encode_reports: Callable[[list[str], int], dict] | None = None):
         self.max_views = max_views
+        self.encode_reports = encode_reports
 
     def __call__(self, studies: list[dict]) -> dict:
         n_views = min(self.max_views, max(len(s["views"]) for s in studies))
@@ -118,13 +120,16 @@ class Collate:
             for v, view in enumerate(study["views"][:n_views]):
                 images[i, v] = view
                 view_mask[i, v] = True
-        return {
+        batch = {
             "ids": [s["id"] for s in studies],
             "images": images,
             "view_mask": view_mask,
             "reports": [s["report"] for s in studies],
             "labels": [s["labels"] for s in studies],
         }
+        if self.encode_reports is not None:
+            batch["text"] = self.encode_reports(batch["reports"], n_views)
+        return batch
 
 
 def _log_and_continue(exn: Exception) -> bool:
@@ -145,8 +150,10 @@ def build_pipeline(
     seed: int = 0,
     rank: int = 0,
     world: int = 1,
+    encode_reports: Callable[[list[str], int], dict] | None = None,
 ) -> tuple[wds.DataPipeline, int]:
-    """(pipeline yielding batches, samples in the split). Call `pipeline.set_epoch(e)` before each epoch."""
+    """(pipeline yielding batches, samples in the split). Call `pipeline.set_epoch(e)` before each epoch.
+    `encode_reports`: see `Collate`."""
     paths, n_samples = shard_paths(shards, split)
     shard_list = ShardList(paths, shuffle=train, seed=seed)
     stages = [
@@ -160,7 +167,7 @@ def build_pipeline(
     stages += [
         wds.decode("pil", handler=_log_and_continue),
         wds.map(ToStudy(cfg.image_size, cfg.augment and train, cfg.blank_images)),
-        wds.batched(batch_size, collation_fn=Collate(cfg.max_views), partial=True),
+        wds.batched(batch_size, collation_fn=Collate(cfg.max_views, encode_reports), partial=True),
     ]
     pipeline = wds.DataPipeline(*stages)
     pipeline.set_epoch = shard_list.set_epoch  # one handle for the training loop
@@ -177,15 +184,17 @@ def make_loader(
     rank: int = 0,
     world: int = 1,
     workers: int | None = None,
+    encode_reports: Callable[[list[str], int], dict] | None = None,
 ) -> tuple[torch.utils.data.DataLoader, wds.DataPipeline, int]:
-    """(DataLoader over the pipeline, the pipeline for `set_epoch`, samples in the split)."""
-    pipeline, n_samples = build_pipeline(shards, split, cfg, batch_size, train, seed, rank, world)
+    """(DataLoader over the pipeline, the pipeline for `set_epoch`, samples in the split). On CUDA, batches
+    come in pinned memory, so the copy to the GPU can overlap compute (`.to(device, non_blocking=True)`)."""
+    pipeline, n_samples = build_pipeline(shards, split, cfg, batch_size, train, seed, rank, world, encode_reports)
     workers = cfg.workers if workers is None else workers
     # Its own generator: a DataLoader iterator otherwise draws its base seed from the global torch RNG,
     # which would shift dropout masks in a resumed run against the uninterrupted one.
     loader = torch.utils.data.DataLoader(
         pipeline, batch_size=None, num_workers=workers, persistent_workers=False,
-        generator=torch.Generator().manual_seed(seed),
+        generator=torch.Generator().manual_seed(seed), pin_memory=torch.cuda.is_available(),
     )
     return loader, pipeline, n_samples
 

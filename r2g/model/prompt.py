@@ -91,6 +91,21 @@ def build_batch(
     }
 
 
+class ReportEncoder:
+    """`build_batch` for the data loader: (reports, views per study) -> the text tensors of a training batch.
+
+    The loader's worker processes call it while the GPU runs the previous step, so tokenizing stays off the
+    training step. `visual_tokens` maps a batch's view-slot count to the study's visual-token count
+    (`R2GenGPT.num_visual_tokens`), which depends on the view merge.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, cfg: ModelConfig, visual_tokens: dict[int, int]):
+        self.tokenizer, self.cfg, self.visual_tokens = tokenizer, cfg, visual_tokens
+
+    def __call__(self, reports: list[str], n_views: int) -> dict[str, torch.Tensor]:
+        return build_batch(self.tokenizer, reports, self.visual_tokens[n_views], self.cfg)
+
+
 def report_targets(tokenizer: PreTrainedTokenizerBase, reports: list[str], max_report_tokens: int) -> list[list[int]]:
     """Report token ids cut to `max_report_tokens - 1`, then eos: every target ends with eos, within budget."""
     if max_report_tokens < 2:

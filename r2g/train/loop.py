@@ -8,6 +8,7 @@ integration runs `from_pretrained` inside `deepspeed.zero.Init`), so no rank eve
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from r2g.config import RunConfig
 from r2g.data.loader import make_loader, shard_paths
 from r2g.dist import init_distributed
 from r2g.errors import R2GError
+from r2g.model.prompt import ReportEncoder
 from r2g.train.checkpoint import export_trainable, gather_trainable, resume, save_resumable, write_run_config
 from r2g.train.ds_config import resolve_ds_config, zero_stage
 from r2g.train.logger import RunLogger
@@ -63,14 +65,17 @@ def micro_batches(loader, pipeline, steps_per_epoch: int, accum: int, start_step
 
 
 def model_inputs(model, batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
-    from r2g.model.prompt import build_batch
+    """The model's forward arguments on `device`. The text tensors come with the batch when the loader was
+    given the model's `ReportEncoder` (the training loader is); otherwise they are built here."""
+    text = batch.get("text")
+    if text is None:
+        from r2g.model.prompt import build_batch
 
-    n_visual = model.num_visual_tokens(batch["view_mask"].shape[1])
-    text = build_batch(model.tokenizer, batch["reports"], n_visual, model.cfg)
+        text = build_batch(model.tokenizer, batch["reports"], model.num_visual_tokens(batch["view_mask"].shape[1]), model.cfg)
     return {
-        "images": batch["images"].to(device, dtype),
-        "view_mask": batch["view_mask"].to(device),
-        **{k: v.to(device) for k, v in text.items()},
+        "images": batch["images"].to(device, dtype, non_blocking=True),
+        "view_mask": batch["view_mask"].to(device, non_blocking=True),
+        **{k: v.to(device, non_blocking=True) for k, v in text.items()},
     }
 
 
@@ -151,7 +156,13 @@ def run(cfg: RunConfig) -> dict:
     log.print(f"frozen LLM: this rank holds {held:,} of {total:,} weights ({held / max(total, 1):.0%})")
     log.log(start_step, {"llm_weights_held": held, "llm_weights_total": total})
 
-    train_loader, train_pipe, _ = make_loader(cfg.data.shards, "train", cfg.data, t.micro_batch, True, t.seed, rank, world)
+    # Tokenizing in the loader workers keeps it off the step. Forked workers would otherwise make HF's
+    # tokenizers warn that their thread pool was used before the fork.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    encode_reports = ReportEncoder(model.tokenizer, cfg.model,
+                                   {v: model.num_visual_tokens(v) for v in range(1, cfg.data.max_views + 1)})
+    train_loader, train_pipe, _ = make_loader(cfg.data.shards, "train", cfg.data, t.micro_batch, True, t.seed, rank,
+                                              world, encode_reports=encode_reports)
     val_loader = None
     if validating:
         val_loader, _, _ = make_loader(cfg.data.shards, "val", cfg.data, cfg.generate.batch_size, False, t.seed, rank, world)
