@@ -1,17 +1,26 @@
-"""Median training-step time: the r2g DeepSpeed step vs a bare PyTorch loop doing the same math.
+"""Training-step speed, two ways.
 
-    python bench/train_step.py                # tiny model, fp32, ZeRO-2 (target ratio <= 1.10)
+    python bench/train_step.py                          # overhead: r2g step vs bare loop (tiny, fp32, CPU)
+    python bench/train_step.py --llm-shapes llama2-7b   # per mode: Swin-B + Llama-2-7B shapes, bf16, CUDA
+    python bench/train_step.py --llm-shapes tiny        # the same per-mode code path, tiny, on CPU (CI smoke)
 
-Not written yet: the GPU mode with Swin-B + Llama-2-7B shapes (tokens/s and MFU per mode); the session that
-wrote this had no GPU to check it on. Training logs report MFU on CUDA already (r2g/model/flops.py).
+Overhead: both loops run the same model, batch and AdamW; the ratio is the overhead of the DeepSpeed engine,
+and the host-to-device input handling that r2g adds on top of forward/backward/step. Tokenizing happens in
+the loader's worker processes, overlapped with the step (as in `r2g train`), so it is built once here.
 
-Both loops run the same model, batch and AdamW; the ratio is the overhead of the DeepSpeed engine, the
-prompt building and the loader-side work that r2g adds on top of forward/backward/step.
+Per mode (`--llm-shapes`): for shallow, delta and deep, a random-init model of those shapes (bench/shapes.py:
+the LLM created in bf16 on the GPU, frozen; Swin per mode as in training) wrapped in DeepSpeed ZeRO-2 exactly
+as `r2g train` does (bf16 on CUDA, fp32 on CPU), timed over forward + engine.backward + engine.step with the
+prompt and labels built once, as the loader's workers build them off the step. Every report fills the report budget
+(100 tokens, eos included), so the sequence length is MIMIC-CXR's worst case. Prints micro-batch, sequence
+length, median step time, samples/s, tokens/s, model TFLOP/s per GPU (r2g/model/flops.py), MFU against the
+GPU's dense bf16 peak (none on CPU), peak GPU memory and trainable parameters: a JSON object, then a table.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -40,26 +49,45 @@ def tiny_setup(tmp: Path, mode: str, image_size: int, vision_kwargs: dict, llm_k
     return cfg, build_model(cfg.model)
 
 
+def loader_batch(micro_batch: int, image_size: int, report: str) -> dict:
+    """A batch as the loader yields it: one view per study, random pixels, the same report for every study."""
+    return {
+        "images": torch.randn(micro_batch, 1, 3, image_size, image_size),
+        "view_mask": torch.ones(micro_batch, 1, dtype=torch.bool),
+        "reports": [report] * micro_batch,
+    }
+
+
+def with_text(model, batch: dict) -> dict:
+    """`batch` plus its text tensors, as the training loader's workers attach them (off the training step)."""
+    from r2g.model.prompt import ReportEncoder
+
+    n_views = batch["view_mask"].shape[1]
+    encode = ReportEncoder(model.tokenizer, model.cfg, {n_views: model.num_visual_tokens(n_views)})
+    return {**batch, "text": encode(batch["reports"], n_views)}
+
+
 def make_batch(model, cfg, image_size: int, device, dtype):
     from r2g.train.loop import model_inputs
 
-    batch = {
-        "images": torch.randn(cfg.train.micro_batch, 1, 3, image_size, image_size),
-        "view_mask": torch.ones(cfg.train.micro_batch, 1, dtype=torch.bool),
-        "reports": ["the heart is normal in size . the lungs are clear . no effusion ."] * cfg.train.micro_batch,
-    }
-    return model_inputs(model, batch, device, dtype)
+    batch = loader_batch(cfg.train.micro_batch, image_size, "the heart is normal in size . the lungs are clear . no effusion .")
+    return model_inputs(model, with_text(model, batch), device, dtype)
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def time_steps(step, n: int, warmup: int = 3) -> float:
     for _ in range(warmup):
         step()
+    synchronize()  # the warmup's queued GPU work must not land in the first timed step
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
         step()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        synchronize()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -77,7 +105,8 @@ def bare_step_fn(model, inputs, lr: float, clip: float):
     return step
 
 
-def r2g_step_fn(model, cfg, inputs_fn, ds_path: str):
+def ds_engine(model, cfg, ds_path: str):
+    """`model` in a one-process DeepSpeed engine, as `r2g train` makes it (bf16 on CUDA, fp32 on CPU)."""
     import deepspeed
 
     from r2g.dist import init_distributed
@@ -86,9 +115,18 @@ def r2g_step_fn(model, cfg, inputs_fn, ds_path: str):
     init_distributed()
     ds = resolve_ds_config(ds_path, cfg, world=1, total_steps=10_000, bf16=torch.cuda.is_available())
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.trainable_parameters(), config=ds)
+    return engine
+
+
+def r2g_step_fn(model, cfg, inputs_fn, ds_path: str):
+    return engine_step_fn(ds_engine(model, cfg, ds_path), inputs_fn)
+
+
+def engine_step_fn(engine, inputs_fn):
+    """One training step as the training loop takes it."""
 
     def step():
-        inputs = inputs_fn(engine.module)  # r2g builds the prompt/labels every step, so time it too
+        inputs = inputs_fn(engine.module)  # the per-step input handling of the training loop
         loss = engine(**inputs).loss
         engine.backward(loss)
         engine.step()
@@ -96,30 +134,149 @@ def r2g_step_fn(model, cfg, inputs_fn, ds_path: str):
     return step
 
 
-def cpu_bench(steps: int) -> dict:
+def cpu_bench(steps: int, rounds: int = 5) -> dict:
+    """Bare and r2g steps timed in alternating blocks (`rounds` blocks of `steps` each), so that a
+    neighbour's load on a shared machine slows both alike instead of whichever ran second."""
+    from r2g.train.loop import model_inputs
+
     torch.manual_seed(0)
     kwargs = {"img_size": 64, "window_size": 2, "embed_dim": 32, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8]}
+    device, dtype = torch.device("cpu"), torch.float32
     with tempfile.TemporaryDirectory() as tmp:
         cfg, model = tiny_setup(Path(tmp), "delta", 64, kwargs)
-        device, dtype = torch.device("cpu"), torch.float32
-        inputs = make_batch(model, cfg, 64, device, dtype)
-        bare = time_steps(bare_step_fn(model, inputs, cfg.train.lr, cfg.train.grad_clip), steps)
+        bare_step = bare_step_fn(model, make_batch(model, cfg, 64, device, dtype), cfg.train.lr, cfg.train.grad_clip)
         torch.manual_seed(0)
         cfg, model = tiny_setup(Path(tmp), "delta", 64, kwargs)
-        r2g = time_steps(r2g_step_fn(model, cfg, lambda m: make_batch(m, cfg, 64, device, dtype),
-                                     str(ROOT / "ds_configs" / "zero2.json")), steps)
-    return {"device": "cpu", "bare_median_s": bare, "r2g_median_s": r2g, "ratio": r2g / bare, "target": 1.10}
+        batch = with_text(model, loader_batch(cfg.train.micro_batch, 64, "the heart is normal in size . the lungs are clear . no effusion ."))
+        r2g_step = r2g_step_fn(model, cfg, lambda m: model_inputs(m, batch, device, dtype),
+                               str(ROOT / "ds_configs" / "zero2.json"))
+        bare_blocks, r2g_blocks = [], []
+        for _ in range(rounds):
+            bare_blocks.append(time_steps(bare_step, steps))
+            r2g_blocks.append(time_steps(r2g_step, steps))
+    bare, r2g = statistics.median(bare_blocks), statistics.median(r2g_blocks)
+    return {"device": "cpu", "bare_median_s": bare, "r2g_median_s": r2g, "ratio": r2g / bare, "target": 1.10,
+            "block_ratios": [r / b for r, b in zip(r2g_blocks, bare_blocks)]}
+
+
+def mode_bench(s, mode: str, tokenizer, micro_batch: int, steps: int, warmup: int, ds_path: str) -> dict:
+    """Speed, memory and trainable parameters of one alignment mode's training step at shapes `s`. Builds the
+    model, times it, and frees it (DeepSpeed engine included) before returning, so modes do not add up."""
+    from r2g.config import RunConfig, TrainConfig
+    from r2g.dist import init_distributed
+    from r2g.model.flops import FlopCounts, train_flops_per_sample
+    from r2g.model.prompt import IGNORE_INDEX
+    from r2g.train.loop import model_inputs
+
+    from bench.shapes import LONG_REPORT, build_shaped_model
+
+    _, _, device = init_distributed()
+    cuda = device.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32  # what `r2g train --precision auto` picks
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    model = build_shaped_model(s, mode, tokenizer, device, dtype)
+    trainable = sum(p.numel() for p in model.trainable_parameters())
+    counts = FlopCounts.from_model(model)
+    engine = ds_engine(model, RunConfig(model=model.cfg, train=TrainConfig(micro_batch=micro_batch)), ds_path)
+    engine.train()
+    batch = with_text(engine.module, loader_batch(micro_batch, s.image_size, LONG_REPORT))
+    inputs = model_inputs(engine.module, batch, device, dtype)
+    n_visual, (B, T) = engine.module.num_visual_tokens(1), inputs["input_ids"].shape
+    n_report = int((inputs["labels"][0] != IGNORE_INDEX).sum())
+    if n_report != model.cfg.max_report_tokens:
+        raise RuntimeError(f"the bench report fills {n_report} of {model.cfg.max_report_tokens} report tokens; lengthen it")
+    step_s = time_steps(engine_step_fn(engine, lambda m: model_inputs(m, batch, device, dtype)), steps, warmup)
+    flops = B * train_flops_per_sample(counts, T, n_visual)
+    row = {
+        "mode": mode, "trainable_params": trainable, "micro_batch": B, "seq_len": T,
+        "prompt_tokens": T - n_visual - n_report, "visual_tokens": n_visual, "report_tokens": n_report,
+        "step_ms": step_s * 1e3, "samples_per_s": B / step_s, "tokens_per_s": int(inputs["attention_mask"].sum()) / step_s,
+        "tflops_per_gpu": flops / step_s / 1e12,
+        "max_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
+    }
+    engine.destroy()  # gives back DeepSpeed's hold on Python's GC, so the collection below frees the model
+    del engine, model, inputs
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    return row
+
+
+def modes_bench(shapes_name: str, micro_batch: int, steps: int, warmup: int) -> dict:
+    """`mode_bench` for shallow, delta and deep, with the device's peak and MFU added."""
+    from r2g.model.flops import mfu, peak_flops
+    from r2g.model.vision import MODES
+
+    from bench.shapes import shapes, stand_in_tokenizer
+
+    cuda = torch.cuda.is_available()
+    if shapes_name != "tiny" and not cuda:
+        raise SystemExit(f"--llm-shapes {shapes_name} needs a CUDA GPU; on a CPU use --llm-shapes tiny")
+    device_name = torch.cuda.get_device_name() if cuda else "cpu"
+    peak = peak_flops(device_name) if cuda else None
+    s, tokenizer = shapes(shapes_name), stand_in_tokenizer()
+    ds_path = str(ROOT / "ds_configs" / "zero2.json")
+    rows = [mode_bench(s, mode, tokenizer, micro_batch, steps, warmup, ds_path) for mode in MODES]
+    for row in rows:
+        row["mfu"] = mfu(row["tflops_per_gpu"] * 1e12, peak)
+    return {
+        "llm_shapes": shapes_name, "vision_arch": s.vision_arch, "image_size": s.image_size, "device": device_name,
+        "dtype": "bf16" if cuda else "fp32", "zero_stage": 2, "steps": steps, "warmup": warmup,
+        "peak_tflops": peak / 1e12 if peak else None,
+        "sequence": "worst case: prompt + visual tokens + a report filling max_report_tokens (eos included); "
+                    "the prompt is tokenized by a stand-in BPE, not Llama-2's tokenizer",
+        "modes": rows,
+    }
+
+
+def print_modes_table(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    r0 = result["modes"][0]
+    table = Table(title=f"train step per mode: {result['vision_arch']} + Llama {result['llm_shapes']} shapes, "
+                        f"{result['dtype']}, ZeRO-{result['zero_stage']}, {result['device']}")
+    columns = ("mode", "trainable", "micro-batch", "seq len", "step ms", "samples/s", "tokens/s", "TFLOP/s", "MFU", "max mem GiB")
+    for col in columns:
+        table.add_column(col, justify="left" if col == "mode" else "right")
+    for r in result["modes"]:
+        table.add_row(
+            r["mode"], f"{r['trainable_params']:,}", str(r["micro_batch"]), str(r["seq_len"]), f"{r['step_ms']:.1f}",
+            f"{r['samples_per_s']:.2f}", f"{r['tokens_per_s']:,.0f}", f"{r['tflops_per_gpu']:.3g}",
+            f"{r['mfu']:.1%}" if r["mfu"] is not None else "-",
+            f"{r['max_mem_gib']:.1f}" if r["max_mem_gib"] is not None else "-",
+        )
+    console = Console()
+    if not console.is_terminal:  # piped or captured: rich would squeeze the table into 80 columns
+        console = Console(width=140)
+    console.print(table)
+    console.print(f"seq len {r0['seq_len']} = prompt {r0['prompt_tokens']} + visual {r0['visual_tokens']} + report "
+                  f"{r0['report_tokens']}: {result['sequence']}. Median of {result['steps']} steps after "
+                  f"{result['warmup']} warmup.", highlight=False)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--llm-shapes", choices=("llama2-7b", "tiny"),
+                    help="per-mode speed at these shapes (default: the overhead ratio on a tiny CPU model)")
+    ap.add_argument("--micro-batch", type=int, default=6, help="per-mode bench: studies per step (the paper's 6)")
+    ap.add_argument("--warmup", type=int, default=3, help="per-mode bench: untimed steps first")
+    ap.add_argument("--json", help="also write the JSON result to this file")
     args = ap.parse_args()
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
-    result = cpu_bench(args.steps)
-    print(json.dumps(result, indent=2))
-    print(f"r2g step {result['r2g_median_s'] * 1e3:.1f} ms vs bare {result['bare_median_s'] * 1e3:.1f} ms: "
-          f"ratio {result['ratio']:.2f} (target <= {result['target']:.2f})")
+    if args.llm_shapes:
+        result = modes_bench(args.llm_shapes, args.micro_batch, args.steps, args.warmup)
+        print(json.dumps(result, indent=2))
+        print_modes_table(result)
+    else:
+        result = cpu_bench(args.steps)
+        print(json.dumps(result, indent=2))
+        print(f"r2g step {result['r2g_median_s'] * 1e3:.1f} ms vs bare {result['bare_median_s'] * 1e3:.1f} ms: "
+              f"ratio {result['ratio']:.2f} (target <= {result['target']:.2f})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,64 @@
+"""The benches' CPU paths, end to end in subprocesses (as they are run): the per-mode training-step bench at
+tiny shapes and the batched vs one-at-a-time generation bench on the tiny random model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from r2g.config import PROMPT, ModelConfig
+from r2g.model.prompt import IMAGE_CLOSE, IMAGE_OPEN
+
+from .conftest import TINY_VISION_KWARGS
+from .test_train import ROOT, _env
+
+pytestmark = pytest.mark.slow
+
+
+def run_bench(script: str, out: Path, *args: str) -> dict:
+    env = {**_env(), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--json", str(out), *args],
+                            capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_train_step_per_mode_at_tiny_shapes(tmp_path):
+    from bench.shapes import stand_in_tokenizer
+
+    r = run_bench("train_step.py", tmp_path / "r.json", "--llm-shapes", "tiny", "--steps", "2", "--warmup", "1")
+    modes = {row["mode"]: row for row in r["modes"]}
+    assert list(modes) == ["shallow", "delta", "deep"]
+    # [bos] + "Human: <Img>" + visual tokens + "</Img> {prompt} \nAssistant:" + a report filling its budget.
+    tok = stand_in_tokenizer()
+    text = len(tok(IMAGE_OPEN, add_special_tokens=False)["input_ids"]) + len(
+        tok(f"{IMAGE_CLOSE}{PROMPT} \nAssistant:", add_special_tokens=False)["input_ids"])
+    visual = (TINY_VISION_KWARGS["img_size"] // 32) ** 2  # patch 4, three 2x merges: a 2 x 2 grid
+    expected = 1 + text + visual + ModelConfig().max_report_tokens
+    for row in modes.values():
+        assert row["seq_len"] == expected and row["micro_batch"] == 6
+        assert row["tokens_per_s"] > 0 and row["samples_per_s"] > 0 and row["tflops_per_gpu"] > 0
+        assert row["tokens_per_s"] == pytest.approx(row["samples_per_s"] * expected)
+        assert row["mfu"] is None and row["max_mem_gib"] is None  # CPU: no peak to compare with
+    assert r["device"] == "cpu" and r["dtype"] == "fp32" and r["peak_tflops"] is None
+    # shallow trains the mapper; delta adds Swin q/v LoRA; deep trains all of Swin.
+    assert modes["shallow"]["trainable_params"] < modes["delta"]["trainable_params"] < modes["deep"]["trainable_params"]
+
+
+def test_generate_batched_vs_single_on_the_tiny_model(tmp_path):
+    r = run_bench("generate.py", tmp_path / "g.json", "--reports", "4", "--batch-size", "2", "--new-tokens", "5")
+    batched, single = r["batched"], r["single"]
+    assert (batched["batch_size"], single["batch_size"]) == (2, 1)
+    assert batched["reports"] == single["reports"] == 4
+    assert batched["tokens"] == single["tokens"] == 4 * 5  # min = max new tokens: every report is 5 tokens
+    for x in (batched, single):
+        assert x["reports_per_s"] > 0 and x["tokens_per_s"] > 0
+    assert r["speedup"] == pytest.approx(batched["reports_per_s"] / single["reports_per_s"])
+    assert r["generate"]["num_beams"] == 3 and r["generate"]["repetition_penalty"] == 2.0
+    assert [c["num_beams"] for c in r["batched_equals_single"]] == [3, 1]
+    # Generation prompts have no padding, so batching must not change a report (beam search or greedy).
+    assert [(c["equal"], c["of"]) for c in r["batched_equals_single"]] == [(4, 4), (4, 4)]
