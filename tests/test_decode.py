@@ -3,7 +3,7 @@
 import torch
 
 from r2g.config import GenerateConfig
-from r2g.eval.decode import decode
+from r2g.eval.decode import decode, per_rank_limit
 
 
 class EchoModel:
@@ -37,3 +37,10 @@ def test_all_studies_when_unlimited():
     rows = decode(EchoModel(), batches(7, 3), GenerateConfig(), torch.device("cpu"), torch.float32, on_batch=calls.append)
     assert len(rows) == 7 and calls == [3, 3, 1]
     assert all(r["prediction"] == f"report for {int(r['id'][1:])}" for r in rows)
+
+
+def test_per_rank_limit_covers_the_total():
+    assert per_rank_limit(0, 4) == 0  # no limit
+    assert per_rank_limit(150, 1) == 150
+    assert per_rank_limit(150, 4) == 38 and 4 * 38 >= 150 > 4 * 37
+    assert per_rank_limit(3, 8) == 1

@@ -15,6 +15,13 @@ from r2g.config import GenerateConfig
 from r2g.errors import R2GError
 
 
+def per_rank_limit(total: int, world: int) -> int:
+    """Studies each of `world` ranks decodes so that together they cover `total` (0 = no limit): ranks read
+    every world-th study, so each takes ceil(total / world) (the last ranks may
+    add up to world - 1 studies beyond `total`)."""
+    return -(-total // world) if total else 0
+
+
 def decode(
     model,
     batches: Iterable[dict],

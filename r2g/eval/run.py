@@ -18,7 +18,7 @@ import torch
 
 from r2g.config import GenerateConfig, replace
 from r2g.data.loader import make_loader, study_images
-from r2g.eval.decode import decode
+from r2g.eval.decode import decode, per_rank_limit
 from r2g.eval.reconstitute import reconstitute
 
 
@@ -73,7 +73,7 @@ def evaluate(
     gen: GenerateConfig = replace(cfg.generate, **(gen_overrides or {}))
     data = dataclasses.replace(cfg.data, shards=str(shards))
     loader, _, n = make_loader(shards, split, data, gen.batch_size, train=False, rank=rank, world=world, workers=workers)
-    per_rank = -(-max_samples // world) if max_samples else 0
+    per_rank = per_rank_limit(max_samples, world)
     rows = decode(model, loader, gen, device, dtype, max_samples=per_rank, distributed=world > 1, on_batch=on_batch)
     if rank != 0:
         return {}

@@ -6,13 +6,11 @@ gathered first, so the selection metric is computed on the whole subset whatever
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from r2g.config import RunConfig
 from r2g.errors import R2GError
-from r2g.eval.decode import decode
+from r2g.eval.decode import decode, per_rank_limit
 
 SELECT_METRICS = {
     "bleu4_cider": "0.5 * BLEU-4 + 0.5 * CIDEr (the reference implementation's choice)",
@@ -38,7 +36,7 @@ def validate(model, loader, cfg: RunConfig, device, dtype, rank: int, world: int
     """(scores, rows) on every rank; rows are {id, prediction, reference}."""
     from r2g.metrics.score import score
 
-    per_rank = math.ceil(cfg.train.val_samples / world) if cfg.train.val_samples else 0
+    per_rank = per_rank_limit(cfg.train.val_samples, world)
     was_training = model.training
     model.eval()
     rows = decode(model, loader, cfg.generate, device, dtype, max_samples=per_rank, distributed=world > 1, synced=synced)
