@@ -62,3 +62,36 @@ def test_generate_batched_vs_single_on_the_tiny_model(tmp_path):
     assert [c["num_beams"] for c in r["batched_equals_single"]] == [3, 1]
     # Generation prompts have no padding, so batching must not change a report (beam search or greedy).
     assert [(c["equal"], c["of"]) for c in r["batched_equals_single"]] == [(4, 4), (4, 4)]
+
+
+def test_roc_auc_on_hand_computed_cases():
+    import torch
+
+    from bench.encoder_probe import roc_auc
+
+    y = torch.tensor([0, 0, 1, 1])
+    # pairs (pos, neg): (0.35 > 0.1), (0.35 < 0.4), (0.8 > 0.1), (0.8 > 0.4): 3 of 4 ordered right
+    assert roc_auc(y, torch.tensor([0.1, 0.4, 0.35, 0.8])) == pytest.approx(0.75)
+    assert roc_auc(y, torch.tensor([0.5, 0.5, 0.5, 0.5])) == pytest.approx(0.5)  # ties count half
+    assert roc_auc(y, torch.tensor([0.9, 0.8, 0.2, 0.1])) == pytest.approx(0.0)
+    assert roc_auc(torch.tensor([1, 1]), torch.tensor([0.1, 0.2])) is None  # one class: undefined
+
+
+def test_encoder_probe_on_generated_shards(tmp_path):
+    from r2g.data.shard import ShardOptions, shard_dataset
+    from r2g.data.synth import generate
+
+    generate(tmp_path / "data", studies=60, style="mimic", seed=0, image_size=64, workers=1)
+    shard_dataset(tmp_path / "data" / "annotation.json", tmp_path / "data" / "images", tmp_path / "shards",
+                  ShardOptions("mimic_cxr", shard_size=50))
+    r = run_bench("encoder_probe.py", tmp_path / "p.json", "--shards", str(tmp_path / "shards"), "--image-size", "64",
+                  "--vision-arch", "swin_tiny_patch4_window7_224", "--vision-kwargs", json.dumps(TINY_VISION_KWARGS),
+                  "--steps", "5")
+    assert r["studies"]["train"] > r["studies"]["test"] > 0
+    assert r["visual_tokens"] == [4, 256]  # 64 px, patch 4, three 2x merges: 2 x 2 tokens of 32 * 8 channels
+    for probe in ("grid", "per_token"):
+        aucs = r["auc"][probe]
+        assert len(aucs) == 14
+        for label, auc in aucs.items():
+            assert (auc is None) == (r["positives_test"][label] in (0, r["studies"]["test"]))
+            assert auc is None or 0.0 <= auc <= 1.0
