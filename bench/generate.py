@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from r2g.config import GenerateConfig, replace  # noqa: E402
+from r2g.dist import auto_dtype  # noqa: E402
 
 
 def tiny_model(device: torch.device, dtype: torch.dtype):
@@ -121,8 +122,8 @@ def compare(batched: list[str], single: list[str], num_beams: int) -> dict:
 
 def load(args) -> tuple:
     """(model on the device, GenerateConfig, studies, description of model and images) for the arguments."""
-    cuda = torch.cuda.is_available()
-    device, dtype = torch.device("cuda" if cuda else "cpu"), torch.bfloat16 if cuda else torch.float32  # as r2g eval
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = auto_dtype(device)  # as r2g eval
     if not args.ckpt:
         model, image_size = tiny_model(device, dtype)
         gen = GenerateConfig(min_new_tokens=args.new_tokens, max_new_tokens=args.new_tokens)

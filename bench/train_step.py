@@ -163,7 +163,7 @@ def mode_bench(s, mode: str, tokenizer, micro_batch: int, steps: int, warmup: in
     """Speed, memory and trainable parameters of one alignment mode's training step at shapes `s`. Builds the
     model, times it, and frees it (DeepSpeed engine included) before returning, so modes do not add up."""
     from r2g.config import RunConfig, TrainConfig
-    from r2g.dist import init_distributed
+    from r2g.dist import auto_dtype, init_distributed
     from r2g.model.flops import FlopCounts, train_flops_per_sample
     from r2g.model.prompt import IGNORE_INDEX
     from r2g.train.loop import model_inputs
@@ -172,7 +172,7 @@ def mode_bench(s, mode: str, tokenizer, micro_batch: int, steps: int, warmup: in
 
     _, _, device = init_distributed()
     cuda = device.type == "cuda"
-    dtype = torch.bfloat16 if cuda else torch.float32  # what `r2g train --precision auto` picks
+    dtype = auto_dtype(device)  # what `r2g train --precision auto` picks
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     model = build_shaped_model(s, mode, tokenizer, device, dtype)

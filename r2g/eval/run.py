@@ -18,6 +18,7 @@ import torch
 
 from r2g.config import GenerateConfig, replace
 from r2g.data.loader import make_loader, study_images
+from r2g.dist import auto_dtype
 from r2g.eval.decode import decode, per_rank_limit
 from r2g.eval.reconstitute import reconstitute
 
@@ -66,7 +67,7 @@ def evaluate(
     else:
         rank, world = 0, 1
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = auto_dtype(device)
 
     model, cfg = reconstitute(run, llm, checkpoint, dtype, allow_llm_mismatch)
     model.to(device)

@@ -16,7 +16,7 @@ import torch
 
 from r2g.config import RunConfig
 from r2g.data.loader import make_loader, shard_paths
-from r2g.dist import init_distributed
+from r2g.dist import auto_dtype, init_distributed
 from r2g.errors import R2GError
 from r2g.model.prompt import ReportEncoder
 from r2g.train.checkpoint import export_trainable, gather_trainable, resume, save_resumable, write_run_config
@@ -27,7 +27,7 @@ from r2g.train.validate import check_select_metric, selection_value, validate
 
 def use_bf16(precision: str, device: torch.device) -> bool:
     if precision == "auto":
-        return device.type == "cuda"  # bf16 on this CPU kind is ~10x slower than fp32
+        return auto_dtype(device) == torch.bfloat16
     if precision == "fp16":
         raise R2GError("--precision fp16 is not supported (Swin + LLaMA overflow in fp16); use bf16 or fp32")
     return precision == "bf16"
