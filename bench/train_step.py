@@ -34,19 +34,21 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from r2g.config import ModelConfig, RunConfig, TrainConfig  # noqa: E402
 
-def tiny_setup(tmp: Path, mode: str, image_size: int, vision_kwargs: dict, llm_kwargs: dict | None = None):
-    from tests.conftest import write_tiny_llm
 
-    from r2g.config import ModelConfig, RunConfig, TrainConfig
-    from r2g.model.r2gen import build_model
+def tiny_config(tmp: Path, mode: str) -> RunConfig:
+    """Config of the tests' micro-Swin + a tiny Llama written to `tmp` (fp32 on CPU)."""
+    from tests.conftest import TINY_VISION_KWARGS, write_tiny_llm
 
     corpus = ["the heart is normal in size . the lungs are clear . no pleural effusion or pneumothorax ."] * 50
-    write_tiny_llm(tmp / "llm", corpus, **(llm_kwargs or {}))
-    cfg = RunConfig(model=ModelConfig(llm=str(tmp / "llm"), vision_arch="swin_tiny_patch4_window7_224",
-                                      vision_kwargs=vision_kwargs, mode=mode, max_report_tokens=60),
-                    train=TrainConfig(micro_batch=6, grad_clip=1.0, warmup_steps=0))
-    return cfg, build_model(cfg.model)
+    write_tiny_llm(tmp / "llm", corpus)
+    return RunConfig(model=ModelConfig(llm=str(tmp / "llm"), vision_arch="swin_tiny_patch4_window7_224",
+                                       vision_kwargs=TINY_VISION_KWARGS, mode=mode, max_report_tokens=60),
+                     train=TrainConfig(micro_batch=6, grad_clip=1.0, warmup_steps=0))
+
+
+SHORT_REPORT = "the heart is normal in size . the lungs are clear . no effusion ."
 
 
 def loader_batch(micro_batch: int, image_size: int, report: str) -> dict:
@@ -60,18 +62,8 @@ def loader_batch(micro_batch: int, image_size: int, report: str) -> dict:
 
 def with_text(model, batch: dict) -> dict:
     """`batch` plus its text tensors, as the training loader's workers attach them (off the training step)."""
-    from r2g.model.prompt import ReportEncoder
-
     n_views = batch["view_mask"].shape[1]
-    encode = ReportEncoder(model.tokenizer, model.cfg, {n_views: model.num_visual_tokens(n_views)})
-    return {**batch, "text": encode(batch["reports"], n_views)}
-
-
-def make_batch(model, cfg, image_size: int, device, dtype):
-    from r2g.train.loop import model_inputs
-
-    batch = loader_batch(cfg.train.micro_batch, image_size, "the heart is normal in size . the lungs are clear . no effusion .")
-    return model_inputs(model, with_text(model, batch), device, dtype)
+    return {**batch, "text": model.report_encoder(n_views)(batch["reports"], n_views)}
 
 
 def synchronize() -> None:
@@ -126,7 +118,7 @@ def engine_step_fn(engine, inputs_fn):
     """One training step as the training loop takes it."""
 
     def step():
-        inputs = inputs_fn(engine.module)  # the per-step input handling of the training loop
+        inputs = inputs_fn()  # the per-step input handling of the training loop
         loss = engine(**inputs).loss
         engine.backward(loss)
         engine.step()
@@ -137,18 +129,21 @@ def engine_step_fn(engine, inputs_fn):
 def cpu_bench(steps: int, rounds: int = 5) -> dict:
     """Bare and r2g steps timed in alternating blocks (`rounds` blocks of `steps` each), so that a
     neighbour's load on a shared machine slows both alike instead of whichever ran second."""
+    from r2g.model.r2gen import build_model
     from r2g.train.loop import model_inputs
 
-    torch.manual_seed(0)
-    kwargs = {"img_size": 64, "window_size": 2, "embed_dim": 32, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8]}
     device, dtype = torch.device("cpu"), torch.float32
     with tempfile.TemporaryDirectory() as tmp:
-        cfg, model = tiny_setup(Path(tmp), "delta", 64, kwargs)
-        bare_step = bare_step_fn(model, make_batch(model, cfg, 64, device, dtype), cfg.train.lr, cfg.train.grad_clip)
+        cfg = tiny_config(Path(tmp), "delta")
+        size = cfg.model.vision_kwargs["img_size"]
         torch.manual_seed(0)
-        cfg, model = tiny_setup(Path(tmp), "delta", 64, kwargs)
-        batch = with_text(model, loader_batch(cfg.train.micro_batch, 64, "the heart is normal in size . the lungs are clear . no effusion ."))
-        r2g_step = r2g_step_fn(model, cfg, lambda m: model_inputs(m, batch, device, dtype),
+        model = build_model(cfg.model)
+        inputs = model_inputs(with_text(model, loader_batch(cfg.train.micro_batch, size, SHORT_REPORT)), device, dtype)
+        bare_step = bare_step_fn(model, inputs, cfg.train.lr, cfg.train.grad_clip)
+        torch.manual_seed(0)  # the same initial weights for the r2g loop
+        model = build_model(cfg.model)
+        batch = with_text(model, loader_batch(cfg.train.micro_batch, size, SHORT_REPORT))
+        r2g_step = r2g_step_fn(model, cfg, lambda: model_inputs(batch, device, dtype),
                                str(ROOT / "ds_configs" / "zero2.json"))
         bare_blocks, r2g_blocks = [], []
         for _ in range(rounds):
@@ -162,7 +157,6 @@ def cpu_bench(steps: int, rounds: int = 5) -> dict:
 def mode_bench(s, mode: str, tokenizer, micro_batch: int, steps: int, warmup: int, ds_path: str) -> dict:
     """Speed, memory and trainable parameters of one alignment mode's training step at shapes `s`. Builds the
     model, times it, and frees it (DeepSpeed engine included) before returning, so modes do not add up."""
-    from r2g.config import RunConfig, TrainConfig
     from r2g.dist import auto_dtype, init_distributed
     from r2g.model.flops import FlopCounts, train_flops_per_sample
     from r2g.model.prompt import IGNORE_INDEX
@@ -181,12 +175,12 @@ def mode_bench(s, mode: str, tokenizer, micro_batch: int, steps: int, warmup: in
     engine = ds_engine(model, RunConfig(model=model.cfg, train=TrainConfig(micro_batch=micro_batch)), ds_path)
     engine.train()
     batch = with_text(engine.module, loader_batch(micro_batch, s.image_size, LONG_REPORT))
-    inputs = model_inputs(engine.module, batch, device, dtype)
+    inputs = model_inputs(batch, device, dtype)
     n_visual, (B, T) = engine.module.num_visual_tokens(1), inputs["input_ids"].shape
     n_report = int((inputs["labels"][0] != IGNORE_INDEX).sum())
     if n_report != model.cfg.max_report_tokens:
         raise RuntimeError(f"the bench report fills {n_report} of {model.cfg.max_report_tokens} report tokens; lengthen it")
-    step_s = time_steps(engine_step_fn(engine, lambda m: model_inputs(m, batch, device, dtype)), steps, warmup)
+    step_s = time_steps(engine_step_fn(engine, lambda: model_inputs(batch, device, dtype)), steps, warmup)
     flops = B * train_flops_per_sample(counts, T, n_visual)
     row = {
         "mode": mode, "trainable_params": trainable, "micro_batch": B, "seq_len": T,

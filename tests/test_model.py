@@ -22,7 +22,7 @@ from r2g.config import PROMPT, GenerateConfig, ModelConfig
 from r2g.errors import R2GError
 from r2g.model.flops import FlopCounts, mfu, peak_flops, train_flops_per_sample, vision_forward_flops
 from r2g.model.llm import config_hash, load_llm
-from r2g.model.prompt import IGNORE_INDEX, ReportEncoder, build_batch, prompt_pieces
+from r2g.model.prompt import IGNORE_INDEX, build_batch, prompt_pieces
 from r2g.model.r2gen import build_model, merge_visual
 from r2g.model.tiny_lm import train_tokenizer
 from r2g.model.vision import QVLoRA, build_vision_encoder, encode
@@ -259,7 +259,7 @@ def test_generate_batched_on_cpu(tokenizer):
 def test_report_encoder_gives_the_batch_the_model_expects(tokenizer, view_merge):
     """What the training loader's workers build equals what the model would build, for each view count."""
     model = build_model(micro_cfg(view_merge=view_merge), llm=tiny_llama(tokenizer), tokenizer=tokenizer)
-    encode = ReportEncoder(tokenizer, model.cfg, {v: model.num_visual_tokens(v) for v in (1, 2)})
+    encode = model.report_encoder(max_views=2)
     for n_views in (1, 2):
         got = encode(REPORTS[:2], n_views)
         want = build_batch(tokenizer, REPORTS[:2], model.num_visual_tokens(n_views), model.cfg)

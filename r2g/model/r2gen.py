@@ -17,7 +17,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from r2g.config import GenerateConfig, ModelConfig
 from r2g.errors import R2GError
 from r2g.model.llm import add_llm_lora, load_llm
-from r2g.model.prompt import build_batch, pad_id
+from r2g.model.prompt import ReportEncoder, build_batch, pad_id
 from r2g.model.vision import build_vision_encoder, encode, num_visual_tokens, state_dict_mismatch
 
 PARAM_GROUPS = ("vision", "vision LoRA", "mapper", "llm", "llm LoRA")
@@ -79,6 +79,10 @@ class R2GenGPT(nn.Module):
     def num_visual_tokens(self, n_views: int) -> int:
         """Visual tokens per study for images with `n_views` view slots (49, or 49 * n_views for concat)."""
         return num_visual_tokens(self.vision, n_views, self.cfg.view_merge)
+
+    def report_encoder(self, max_views: int) -> ReportEncoder:
+        """The text half of a training batch, for the data loader's workers (batches of 1..max_views views)."""
+        return ReportEncoder(self.tokenizer, self.cfg, {v: self.num_visual_tokens(v) for v in range(1, max_views + 1)})
 
     def visual_tokens(self, images: torch.Tensor, view_mask: torch.Tensor) -> torch.Tensor:
         """images (B, V, 3, H, W), view_mask (B, V) bool -> (B, N, hidden) in the LLM's embedding dtype."""

@@ -18,7 +18,6 @@ from r2g.config import RunConfig
 from r2g.data.loader import make_loader, shard_paths
 from r2g.dist import auto_dtype, init_distributed
 from r2g.errors import R2GError
-from r2g.model.prompt import ReportEncoder
 from r2g.train.checkpoint import export_trainable, gather_trainable, resume, save_resumable, write_run_config
 from r2g.train.ds_config import resolve_ds_config, zero_stage
 from r2g.train.logger import RunLogger
@@ -64,18 +63,13 @@ def micro_batches(loader, pipeline, steps_per_epoch: int, accum: int, start_step
         epoch += 1
 
 
-def model_inputs(model, batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
-    """The model's forward arguments on `device`. The text tensors come with the batch when the loader was
-    given the model's `ReportEncoder` (the training loader is); otherwise they are built here."""
-    text = batch.get("text")
-    if text is None:
-        from r2g.model.prompt import build_batch
-
-        text = build_batch(model.tokenizer, batch["reports"], model.num_visual_tokens(batch["view_mask"].shape[1]), model.cfg)
+def model_inputs(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
+    """The model's forward arguments on `device`, from a batch of a loader given the model's `report_encoder`
+    (its workers have already built the text tensors)."""
     return {
         "images": batch["images"].to(device, dtype, non_blocking=True),
         "view_mask": batch["view_mask"].to(device, non_blocking=True),
-        **{k: v.to(device, non_blocking=True) for k, v in text.items()},
+        **{k: v.to(device, non_blocking=True) for k, v in batch["text"].items()},
     }
 
 
@@ -159,10 +153,8 @@ def run(cfg: RunConfig) -> dict:
     # Tokenizing in the loader workers keeps it off the step. Forked workers would otherwise make HF's
     # tokenizers warn that their thread pool was used before the fork.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    encode_reports = ReportEncoder(model.tokenizer, cfg.model,
-                                   {v: model.num_visual_tokens(v) for v in range(1, cfg.data.max_views + 1)})
     train_loader, train_pipe, _ = make_loader(cfg.data.shards, "train", cfg.data, t.micro_batch, True, t.seed, rank,
-                                              world, encode_reports=encode_reports)
+                                              world, encode_reports=model.report_encoder(cfg.data.max_views))
     val_loader = None
     if validating:
         val_loader, _, _ = make_loader(cfg.data.shards, "val", cfg.data, cfg.generate.batch_size, False, t.seed, rank, world)
@@ -192,7 +184,7 @@ def run(cfg: RunConfig) -> dict:
     while step < total_steps:
         for _ in range(t.grad_accum):
             epoch, batch = next(stream)
-            inputs = model_inputs(engine.module, batch, device, dtype)
+            inputs = model_inputs(batch, device, dtype)
             loss = engine(**inputs).loss
             engine.backward(loss)
             engine.step()
