@@ -190,7 +190,7 @@ def run(cfg: RunConfig) -> dict:
             engine.step()
             n_studies, n_views = batch["view_mask"].shape
             window_samples += n_studies
-            window_tokens += int(inputs["attention_mask"].sum())
+            window_tokens += int(batch["text"]["attention_mask"].sum())  # the host copy: no wait on the GPU
             window_flops += n_studies * train_flops_per_sample(
                 flop_counts, inputs["input_ids"].shape[1], engine.module.num_visual_tokens(n_views),
                 n_images=batch["view_mask"].sum().item() / n_studies,
