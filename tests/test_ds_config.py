@@ -7,7 +7,7 @@ import pytest
 
 from r2g.config import RunConfig, TrainConfig
 from r2g.errors import R2GError
-from r2g.train.ds_config import resolve_ds_config
+from r2g.train.ds_config import find_ds_config, resolve_ds_config
 
 ZERO2 = Path(__file__).resolve().parents[1] / "ds_configs" / "zero2.json"
 
@@ -45,3 +45,14 @@ def test_precision_auto_is_bf16_on_cuda_only_and_fp16_is_refused():
     assert use_bf16("bf16", torch.device("cpu")) and not use_bf16("fp32", torch.device("cuda", 0))
     with pytest.raises(R2GError, match="fp16 is not supported"):
         use_bf16("fp16", torch.device("cpu"))
+
+
+def test_shipped_configs_are_found_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no ds_configs/ here: the default path falls back to the shipped file
+    assert find_ds_config("ds_configs/zero3.json") == ZERO2.parent / "zero3.json"
+    assert resolve_ds_config("ds_configs/zero2.json", RunConfig(), 1, 10, False)["zero_optimization"]["stage"] == 2
+    (tmp_path / "ds_configs").mkdir()
+    (tmp_path / "ds_configs" / "zero2.json").write_text(json.dumps({"zero_optimization": {"stage": 1}}))
+    assert find_ds_config("ds_configs/zero2.json") == Path("ds_configs/zero2.json")  # a local file comes first
+    with pytest.raises(R2GError, match="ds_configs/zero9.json: DeepSpeed config not found"):
+        resolve_ds_config("ds_configs/zero9.json", RunConfig(), 1, 10, False)

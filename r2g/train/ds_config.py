@@ -13,6 +13,9 @@ from typing import Any
 from r2g.config import RunConfig
 from r2g.errors import R2GError
 
+# The configs this repository ships; `ds_configs/...` paths fall back here when run from another folder.
+SHIPPED = Path(__file__).resolve().parents[2] / "ds_configs"
+
 
 def _fill(section: dict, key: str, value: Any, where: str, flag: str, conflicts: list[str]) -> None:
     current = section.get(key, "auto")
@@ -22,8 +25,18 @@ def _fill(section: dict, key: str, value: Any, where: str, flag: str, conflicts:
         conflicts.append(f"{where} is {current!r} but {flag} gives {value!r}")
 
 
-def resolve_ds_config(path: str | Path, cfg: RunConfig, world: int, total_steps: int, bf16: bool) -> dict:
+def find_ds_config(path: str | Path) -> Path:
+    """`path` as given, or, when that is a missing relative `ds_configs/<name>`, the shipped file of that name."""
     path = Path(path)
+    if not path.is_file() and not path.is_absolute() and path.parts[:1] == ("ds_configs",):
+        shipped = SHIPPED.joinpath(*path.parts[1:])
+        if shipped.is_file():
+            return shipped
+    return path
+
+
+def resolve_ds_config(path: str | Path, cfg: RunConfig, world: int, total_steps: int, bf16: bool) -> dict:
+    path = find_ds_config(path)
     if not path.is_file():
         raise R2GError(f"{path}: DeepSpeed config not found (pass --ds ds_configs/zero2.json or zero3.json)")
     try:
