@@ -1,0 +1,87 @@
+"""Encoder pretraining, the demo's stand-in for pretrained Swin weights: the head, the class balance, and a
+short run on generated shards whose output loads through `model.vision_weights`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from r2g.config import DataConfig, ModelConfig
+from r2g.data.shard import ShardOptions, shard_dataset
+from r2g.data.synth import generate
+from r2g.errors import R2GError
+from r2g.labels import CHEXPERT_LABELS
+from r2g.model.vision import build_vision_encoder
+from r2g.train.pretrain_vision import TokenScoreHead, balanced_pos_weight, batch_targets, pretrain_vision
+
+from .conftest import TINY_VISION_KWARGS
+
+
+def test_head_pools_an_even_score_to_itself_and_lets_one_token_dominate():
+    torch.manual_seed(0)
+    head = TokenScoreHead(8, 3).eval()  # eval: BatchNorm uses its running statistics, per token alike
+    x = torch.randn(2, 8)
+    even = head(x[:, None, :].expand(2, 5, 8))
+    assert torch.allclose(even, head.score(head.norm(x)), atol=1e-6)
+
+    # A fresh BatchNorm in eval mode is x / sqrt(1 + eps); score label 0 by channel 0 alone.
+    with torch.no_grad():
+        head.norm.reset_running_stats()
+        head.score.weight.zero_()
+        head.score.bias.zero_()
+        head.score.weight[0, 0] = 1.0
+    tokens = torch.zeros(1, 4, 8)
+    tokens[0, 2, 0] = 10.0  # one of 4 tokens scores 10 for label 0, the others 0
+    scale = 1 / math.sqrt(1 + head.norm.eps)
+    pooled = head(tokens)[0, 0].item()
+    assert pooled == pytest.approx(math.log(3 + math.exp(10 * scale)) - math.log(4), rel=1e-6)
+    assert pooled > 8.6  # a mean over tokens would give 2.5
+
+
+def test_balanced_pos_weight_by_hand():
+    targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    # label 0: 2 of 4 positive -> 2 / 2; label 1: 1 of 4 -> 3 / 1; label 2: none -> 4 / 1 (no division by 0)
+    assert balanced_pos_weight(targets).tolist() == [1.0, 3.0, 4.0]
+    assert balanced_pos_weight(targets, cap=2.0).tolist() == [1.0, 2.0, 2.0]
+
+
+def test_a_study_without_a_target_is_named():
+    targets = {"s1": torch.tensor([1.0, 0.0])}
+    assert batch_targets(targets, ["s1", "s1"]).shape == (2, 2)
+    with pytest.raises(R2GError, match="no target for train study 's9'"):
+        batch_targets(targets, ["s1", "s9"])
+
+
+def test_pretraining_on_generated_shards_saves_weights_that_load(tmp_path):
+    generate(tmp_path / "data", studies=40, style="mimic", seed=0, image_size=64, workers=1)
+    shard_dataset(tmp_path / "data" / "annotation.json", tmp_path / "data" / "images", tmp_path / "shards",
+                  ShardOptions("mimic_cxr", shard_size=20))
+    train = json.loads((tmp_path / "data" / "annotation.json").read_text())["train"]
+    targets = {e["id"]: torch.tensor([float(e["labels"][n] in (1, -1)) for n in CHEXPERT_LABELS]) for e in train}
+    model_cfg = ModelConfig(vision_arch="swin_tiny_patch4_window7_224", vision_kwargs=TINY_VISION_KWARGS)
+    data_cfg = DataConfig(shards=str(tmp_path / "shards"), image_size=64, workers=0)
+    out = tmp_path / "swin.safetensors"
+    logged = []
+    result = pretrain_vision(model_cfg, data_cfg, targets, out, steps=4, lr=1e-3, batch_size=8, seed=0, log=logged.append)
+    assert out.is_file() and result["out"] == str(out)
+    assert len(result["losses"]) == 2 and all(math.isfinite(v) for v in result["losses"])  # steps 1 and 4
+    assert logged[-1].startswith("encoder pretraining step 4/4")
+
+    saved = load_file(out)
+    torch.manual_seed(0)
+    start = build_vision_encoder(dataclasses.replace(model_cfg, mode="deep")).state_dict()  # where training started
+    assert set(saved) == set(start)  # plain timm names: no head, no LoRA
+    assert any(not torch.equal(saved[k], start[k]) for k in saved)
+
+    loaded = build_vision_encoder(ModelConfig(vision_arch=model_cfg.vision_arch, vision_kwargs=TINY_VISION_KWARGS,
+                                              vision_weights=str(out), mode="delta"))
+    name = next(k for k in saved if k.endswith("attn.proj.weight"))
+    assert torch.equal(dict(loaded.named_parameters())[name], saved[name])
+
+    with pytest.raises(R2GError, match="no target for train study"):
+        pretrain_vision(model_cfg, data_cfg, dict(list(targets.items())[:3]), tmp_path / "x.safetensors", steps=2)
