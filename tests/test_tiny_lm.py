@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from r2g.model.llm import load_llm
+from r2g.errors import R2GError
 from r2g.model.tiny_lm import train_tiny_lm
 
 TINY = dict(vocab_size=400, hidden=32, layers=1, heads=2, steps=40, seq_len=32, batch_size=8, lr=3e-3)
@@ -48,3 +49,44 @@ def test_tiny_lm_trains_saves_and_loads(tmp_path):
 
     again = train_tiny_lm(corpus, tmp_path / "again", seed=0, **TINY)
     assert again["losses"] == result["losses"]  # deterministic for a seed
+
+
+def test_finding_note_puts_every_finding_in_a_slot():
+    from r2g.labels import CHEXPERT_LABELS
+    from r2g.model.tiny_lm import NORMAL_WORD, NOTE_WORDS, finding_note
+
+    rng = random.Random(0)
+    blank = {name: None for name in CHEXPERT_LABELS}
+    assert finding_note(blank | {"No Finding": 1}, 16, rng) == " ".join([NORMAL_WORD] * 16)
+
+    labels = blank | {"Cardiomegaly": 1, "Pleural Effusion": -1, "Edema": 0}  # uncertain counts, negative not
+    for _ in range(20):
+        words = finding_note(labels, 16, rng).split()
+        assert len(words) == 16
+        assert {"cardiomegaly", "effusion"} <= set(words) <= {"cardiomegaly", "effusion", NORMAL_WORD}
+    assert len({finding_note(labels, 16, rng) for _ in range(10)}) > 1  # placement varies
+
+    many = blank | {name: 1 for name in NOTE_WORDS}
+    assert sorted(finding_note(many, 13, rng).split()) == sorted(NOTE_WORDS.values())
+    with pytest.raises(R2GError, match="13 findings do not fit 12 slots"):
+        finding_note(many, 12, rng)
+
+
+def test_prompt_document_tokenizes_like_the_training_batch(tmp_path):
+    """The LM is trained on documents; alignment feeds it build_batch's pieces. Their prompt tokens must match,
+    or the frozen LM meets a prompt it has never read."""
+    from r2g.config import PROMPT, ModelConfig
+    from r2g.model.prompt import build_batch
+    from r2g.model.tiny_lm import prompt_document
+
+    note = "normal cardiomegaly normal normal"
+    docs = [prompt_document(note, report, PROMPT) for report in reports(100)]
+    assert docs[0].startswith("Human: <Img>normal cardiomegaly") and "</Img> Generate" in docs[0]
+    train_tiny_lm(docs, tmp_path / "lm", seed=0, **(TINY | {"steps": 1}))
+    _, tokenizer = load_llm(tmp_path / "lm")
+    doc_ids = tokenizer(docs[0])["input_ids"]
+    note_ids = tokenizer(note, add_special_tokens=False)["input_ids"]
+    batch = build_batch(tokenizer, [reports(100)[0]], len(note_ids), ModelConfig(max_report_tokens=200))
+    batch_ids = batch["input_ids"][0].clone()
+    batch_ids[batch["image_positions"][0]] = torch.tensor(note_ids)  # the note where the visual tokens go
+    assert batch_ids[:-1].tolist() == doc_ids  # all but build_batch's trailing eos

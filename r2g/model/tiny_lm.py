@@ -3,11 +3,18 @@
 R2GenGPT keeps its LLM frozen, and a frozen random LM cannot write, so the demo first trains this one: a
 byte-level BPE tokenizer and a 4-layer Llama on the training reports. Both are saved with `save_pretrained`,
 so the folder loads through `load_llm` exactly like Llama-2-7B.
+
+A large LLM can read what a mapper puts between its `<Img>` tags because it reads almost anything; a
+4-layer model trained on reports alone has no reason to look there. So the demo trains it on documents in
+the prompt's own layout (`prompt_document`), whose visual slots hold a note of finding words
+(`finding_note`) taken from the report's labels: the model learns to write the report the note describes,
+and the mapper then has to learn to write that note from the image. Measured in bench/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,8 +24,38 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from r2g.errors import R2GError
+from r2g.labels import CHEXPERT_LABELS
+from r2g.model.prompt import IMAGE_CLOSE, IMAGE_OPEN
 
 BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
+
+# One report word per CheXpert observation, for the finding note; "normal" fills the slots that show none.
+NOTE_WORDS = {
+    "Enlarged Cardiomediastinum": "mediastinum", "Cardiomegaly": "cardiomegaly", "Lung Opacity": "opacity",
+    "Lung Lesion": "nodule", "Edema": "edema", "Consolidation": "consolidation", "Pneumonia": "pneumonia",
+    "Atelectasis": "atelectasis", "Pneumothorax": "pneumothorax", "Pleural Effusion": "effusion",
+    "Pleural Other": "thickening", "Fracture": "fracture", "Support Devices": "device",
+}
+NORMAL_WORD = "normal"
+
+
+def finding_note(labels: dict[str, int | None], n_slots: int, rng: random.Random) -> str:
+    """`n_slots` words, one per visual slot, as a per-region reading of the image would give: every
+    positive or uncertain observation in at least one slot, each other slot `normal` or (half the time) one
+    of the findings again, at random places; all `normal` when there is none. labels: CheXpert label -> 1,
+    0, -1 or None, as the labeler gives them."""
+    findings = [NOTE_WORDS[name] for name in CHEXPERT_LABELS if name in NOTE_WORDS and labels.get(name) in (1, -1)]
+    if len(findings) > n_slots:
+        raise R2GError(f"finding note: {len(findings)} findings do not fit {n_slots} slots")
+    slots = [rng.choice(findings) if findings and rng.random() < 0.5 else NORMAL_WORD for _ in range(n_slots)]
+    for position, word in zip(rng.sample(range(n_slots), len(findings)), findings):
+        slots[position] = word
+    return " ".join(slots)
+
+
+def prompt_document(note: str, report: str, prompt: str) -> str:
+    """One training document in R2GenGPT's prompt layout (`prompt.build_batch`), the note in the visual slots."""
+    return f"{IMAGE_OPEN}{note}{IMAGE_CLOSE}{prompt} \nAssistant:{report}"
 
 
 def train_tokenizer(corpus: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
