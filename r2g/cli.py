@@ -343,8 +343,9 @@ def demo(
                 "ce_micro_f1", "ce_macro_f1", "ce_example_f1", "ce5_micro_f1"):
         table.add_row(key, *(f"{results[run][key]:.3f}" for run in ("with-images", "blank-images")))
     console.print(table)
-    gap = results["with-images"]["ce_micro_f1"] - results["blank-images"]["ce_micro_f1"]
-    console.print(f"CE micro F1 gain from seeing the images: [bold]{gap:+.3f}[/]")
+    gain = results["ce_micro_f1_gain"]
+    console.print(f"CE micro F1 gain from seeing the images: [bold]{gain['gain']:+.3f}[/] "
+                  f"(95% paired bootstrap interval {gain['low']:+.3f} to {gain['high']:+.3f})")
     console.print(f"report: {results['with-images']['files']['html']}")
     console.print(f"done in {results['seconds'] / 60:.1f} min; everything is under {out}/")
 
