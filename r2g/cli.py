@@ -102,11 +102,20 @@ def tiny_lm(
     steps: int = typer.Option(300, help="Optimizer steps."),
     hidden: int = typer.Option(256), layers: int = typer.Option(4), heads: int = typer.Option(4),
     vocab_size: int = typer.Option(2000), seed: int = typer.Option(0),
+    finding_notes: int = typer.Option(
+        0, help="Train on the reports laid out as R2GenGPT prompts, with a note of their findings in this many "
+                "visual slots (the encoder's visual-token count, 16 for the demo Swin), so that the frozen LM "
+                "reads what the mapper writes there (see r2g.demo); 0 = plain reports."),
 ):
     """Train a small Llama-architecture LM + BPE tokenizer on report text, for demos on CPU."""
+    from r2g.config import PROMPT
     from r2g.model.tiny_lm import train_tiny_lm
 
     texts = _read_corpus(corpus)
+    if finding_notes:
+        from r2g.demo import prompt_corpus
+
+        texts, _ = prompt_corpus(texts, finding_notes, PROMPT, seed)
     result = train_tiny_lm(texts, out, vocab_size=vocab_size, hidden=hidden, layers=layers, heads=heads,
                            steps=steps, seed=seed, log=console.print)
     console.print(f"[green]saved[/] {out}: {result['params']:,} params, held-out perplexity "

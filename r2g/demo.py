@@ -79,6 +79,18 @@ def present_findings(labels: dict) -> list[float]:
     return [float(labels[name] in (1, -1)) for name in CHEXPERT_LABELS]
 
 
+def prompt_corpus(reports: list[str], n_slots: int, prompt: str, seed: int) -> tuple[list[str], list[dict]]:
+    """The tiny LM's training documents: each report in the prompt layout, its finding note (from what the
+    rules labeler reads in it, as it would in real train reports) in the `n_slots` visual slots.
+    Returns (documents, the reports' labels)."""
+    from r2g.metrics.chexpert import label_reports
+    from r2g.model.tiny_lm import finding_note, prompt_document
+
+    labels = label_reports(reports)
+    rng = random.Random(seed)
+    return [prompt_document(finding_note(lab, n_slots, rng), report, prompt) for lab, report in zip(labels, reports)], labels
+
+
 def run_demo(opts: DemoOptions, log: Callable[[str], None]) -> dict:
     import torch
 
@@ -86,8 +98,7 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None]) -> dict:
     from r2g.data.shard import ShardOptions, shard_dataset
     from r2g.data.synth import generate
     from r2g.eval.run import evaluate
-    from r2g.metrics.chexpert import label_reports
-    from r2g.model.tiny_lm import finding_note, prompt_document, train_tiny_lm
+    from r2g.model.tiny_lm import train_tiny_lm
     from r2g.train.loop import run
     from r2g.train.pretrain_vision import pretrain_vision
 
@@ -107,11 +118,8 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None]) -> dict:
     log("3/6 train the tiny language model on the train reports")
     train = json.loads((data / "annotation.json").read_text())["train"]
     reports = [clean_report(e["report"], "mimic_cxr") for e in train]
-    labels = label_reports(reports)  # what the rules labeler reads, as it would in real train reports
-    rng = random.Random(opts.seed)
     model_cfg = demo_model_config(opts)
-    corpus = [prompt_document(finding_note(lab, DEMO_VISUAL_TOKENS, rng), report, model_cfg.prompt)
-              for lab, report in zip(labels, reports)]
+    corpus, labels = prompt_corpus(reports, DEMO_VISUAL_TOKENS, model_cfg.prompt, opts.seed)
     lm = train_tiny_lm(corpus, opts.out / "tiny-lm", steps=opts.lm_steps, seed=opts.seed)
     log(f"   tiny LM: held-out perplexity {lm['ppl_init']:.0f} → {lm['ppl_final']:.1f}")
     timings["tiny_lm"] = time.time() - t0

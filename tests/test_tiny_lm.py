@@ -90,3 +90,32 @@ def test_prompt_document_tokenizes_like_the_training_batch(tmp_path):
     batch_ids = batch["input_ids"][0].clone()
     batch_ids[batch["image_positions"][0]] = torch.tensor(note_ids)  # the note where the visual tokens go
     assert batch_ids[:-1].tolist() == doc_ids  # all but build_batch's trailing eos
+
+
+def test_prompt_corpus_notes_what_the_labeler_reads():
+    from r2g.config import PROMPT
+    from r2g.demo import prompt_corpus
+
+    texts = ["mild cardiomegaly . no pleural effusion .", "the lungs are clear . no acute cardiopulmonary process ."]
+    docs, labels = prompt_corpus(texts, 6, PROMPT, seed=0)
+    assert labels[0]["Cardiomegaly"] == 1 and labels[0]["Pleural Effusion"] == 0 and labels[1]["No Finding"] == 1
+    notes = [d.split("<Img>")[1].split("</Img>")[0].split() for d in docs]
+    assert set(notes[0]) <= {"cardiomegaly", "normal"} and "cardiomegaly" in notes[0] and len(notes[0]) == 6
+    assert notes[1] == ["normal"] * 6
+    assert docs[1].endswith("\nAssistant:" + texts[1])
+
+
+def test_tiny_lm_command_trains_in_the_prompt_layout(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "reports.txt").write_text("\n".join(reports(80)))
+    small = ["--steps", "2", "--hidden", "32", "--layers", "1", "--heads", "2", "--vocab-size", "1000"]
+    for name, extra in (("plain", []), ("notes", ["--finding-notes", "4"])):
+        done = subprocess.run([sys.executable, "-m", "r2g.cli", "tiny-lm", "--corpus", str(tmp_path / "reports.txt"),
+                               "--out", str(tmp_path / name), *small, *extra], capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+    # The prompt's words occur in every document only with notes, so only then are they whole BPE tokens.
+    pieces = {name: len(load_llm(tmp_path / name)[1](" comprehensive", add_special_tokens=False)["input_ids"])
+              for name in ("plain", "notes")}
+    assert pieces["notes"] == 1 < pieces["plain"]
