@@ -31,13 +31,18 @@ def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
+def text_after_image(prompt: str) -> str:
+    """The prompt text between the visual slots and the report: "</Img> {prompt} \\nAssistant:"."""
+    return f"{IMAGE_CLOSE}{prompt} \nAssistant:"
+
+
 @functools.lru_cache(maxsize=8)
 def prompt_pieces(tokenizer: PreTrainedTokenizerBase, prompt: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Token ids before and after the visual slots: ([bos] + "Human: <Img>", "</Img> {prompt} \\nAssistant:").
     A tokenizer without a bos token gets none. Cached (hence tuples): the pieces are the same for every sample."""
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     before = tokenizer(IMAGE_OPEN, add_special_tokens=False)["input_ids"]
-    after = tokenizer(f"{IMAGE_CLOSE}{prompt} \nAssistant:", add_special_tokens=False)["input_ids"]
+    after = tokenizer(text_after_image(prompt), add_special_tokens=False)["input_ids"]
     return tuple(bos + before), tuple(after)
 
 

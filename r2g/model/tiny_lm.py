@@ -25,7 +25,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from r2g.errors import R2GError
 from r2g.labels import CHEXPERT_LABELS
-from r2g.model.prompt import IMAGE_CLOSE, IMAGE_OPEN
+from r2g.model.prompt import IMAGE_OPEN, text_after_image
 
 BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
 
@@ -55,7 +55,7 @@ def finding_note(labels: dict[str, int | None], n_slots: int, rng: random.Random
 
 def prompt_document(note: str, report: str, prompt: str) -> str:
     """One training document in R2GenGPT's prompt layout (`prompt.build_batch`), the note in the visual slots."""
-    return f"{IMAGE_OPEN}{note}{IMAGE_CLOSE}{prompt} \nAssistant:{report}"
+    return f"{IMAGE_OPEN}{note}{text_after_image(prompt)}{report}"
 
 
 def train_tokenizer(corpus: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
