@@ -112,8 +112,7 @@ def micro_f1_gain(
         return np.stack(_counts(ref, _binary(pred, "prediction")[:, columns], axis=1), axis=1)
 
     def micro_f1(counts: np.ndarray) -> np.ndarray:  # counts (..., 3) summed over reports
-        tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
-        return _ratio(2 * tp, 2 * tp + fp + fn)
+        return _prf(counts[..., 0], counts[..., 1], counts[..., 2])[2]
 
     a, b = per_report_counts(pred_a), per_report_counts(pred_b)
     draws = np.random.default_rng(seed).integers(len(ref), size=(samples, len(ref)))
