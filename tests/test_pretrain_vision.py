@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 from r2g.config import DataConfig, ModelConfig
 from r2g.data.shard import ShardOptions, shard_dataset
 from r2g.data.synth import generate
+from r2g.demo import present_findings
 from r2g.errors import R2GError
-from r2g.labels import CHEXPERT_LABELS
 from r2g.model.vision import build_vision_encoder
 from r2g.train.pretrain_vision import TokenScoreHead, balanced_pos_weight, batch_targets, pretrain_vision
 
@@ -62,7 +62,7 @@ def test_pretraining_on_generated_shards_saves_weights_that_load(tmp_path):
     shard_dataset(tmp_path / "data" / "annotation.json", tmp_path / "data" / "images", tmp_path / "shards",
                   ShardOptions("mimic_cxr", shard_size=20))
     train = json.loads((tmp_path / "data" / "annotation.json").read_text())["train"]
-    targets = {e["id"]: torch.tensor([float(e["labels"][n] in (1, -1)) for n in CHEXPERT_LABELS]) for e in train}
+    targets = {e["id"]: torch.tensor(present_findings(e["labels"])) for e in train}
     model_cfg = ModelConfig(vision_arch="swin_tiny_patch4_window7_224", vision_kwargs=TINY_VISION_KWARGS)
     data_cfg = DataConfig(shards=str(tmp_path / "shards"), image_size=64, workers=0)
     out = tmp_path / "swin.safetensors"
@@ -83,5 +83,7 @@ def test_pretraining_on_generated_shards_saves_weights_that_load(tmp_path):
     name = next(k for k in saved if k.endswith("attn.proj.weight"))
     assert torch.equal(dict(loaded.named_parameters())[name], saved[name])
 
+    with pytest.raises(R2GError, match="no targets given"):
+        pretrain_vision(model_cfg, data_cfg, {}, tmp_path / "x.safetensors", steps=2)
     with pytest.raises(R2GError, match="no target for train study"):
         pretrain_vision(model_cfg, data_cfg, dict(list(targets.items())[:3]), tmp_path / "x.safetensors", steps=2)

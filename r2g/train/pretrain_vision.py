@@ -75,6 +75,8 @@ def pretrain_vision(
     """Train the encoder `model_cfg` describes (all of it, from `model_cfg.vision_weights` or random init) on
     the train split of `data_cfg.shards`, against `targets` (study id -> (n_labels,) 0/1 tensor), and save it
     to `out` as safetensors. Returns {"losses" (every 50 steps), "seconds", "out"}."""
+    if not targets:
+        raise R2GError("encoder pretraining: no targets given; give a target for every train study")
     torch.manual_seed(seed)
     encoder = build_vision_encoder(dataclasses.replace(model_cfg, mode="deep"))
     n_labels = len(next(iter(targets.values())))
