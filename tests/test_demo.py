@@ -33,3 +33,27 @@ def test_demo_at_toy_size(tmp_path, monkeypatch):
     assert gain["low"] <= gain["gain"] <= gain["high"]
     assert json.loads(Path("demo/demo_results.json").read_text())["ce_micro_f1_gain"] == gain
     assert demo_config(opts, "x", True).generate.repetition_penalty == 1.0
+
+
+def test_image_gain_pairs_studies_by_id_and_refuses_different_ones(tmp_path):
+    from r2g.demo import image_gain
+    from r2g.errors import R2GError
+    from r2g.labels import CHEXPERT_LABELS
+
+    def labels(**positive):
+        return {name: int(name.replace(" ", "_") in positive) for name in CHEXPERT_LABELS}
+
+    ref = {"a": labels(Cardiomegaly=1), "b": labels(No_Finding=1)}
+
+    def write(path, preds):
+        path.write_text("".join(json.dumps({"id": i, "labels_reference": ref[i], "labels_prediction": p}) + "\n"
+                                for i, p in preds.items()))
+
+    write(tmp_path / "img.jsonl", {"b": labels(No_Finding=1), "a": labels(Cardiomegaly=1)})  # order differs
+    write(tmp_path / "blank.jsonl", {"a": labels(No_Finding=1), "b": labels(No_Finding=1)})
+    gain = image_gain(tmp_path / "img.jsonl", tmp_path / "blank.jsonl")
+    assert gain["gain"] == pytest.approx(1 - 0.5)  # perfect vs tp 1, fp 1, fn 1: F1 2 / (2 + 1 + 1)
+
+    write(tmp_path / "other.jsonl", {"a": labels(No_Finding=1)})
+    with pytest.raises(R2GError, match="hold different studies"):
+        image_gain(tmp_path / "img.jsonl", tmp_path / "other.jsonl")
