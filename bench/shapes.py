@@ -67,7 +67,7 @@ def stand_in_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE trained on the prompt and `LONG_REPORT`, standing in for the LLM's tokenizer: it
     gives the bos / eos / pad ids and whole-word tokens for the prompt, roughly as a 32k vocabulary does
     (Llama-2's own tokenizer, not available here, may differ by a few prompt tokens)."""
-    from r2g.model.tiny_lm import train_tokenizer
+    from r2g.demo.tiny_lm import train_tokenizer
 
     return train_tokenizer([LONG_REPORT, PROMPT, f"{IMAGE_OPEN}{IMAGE_CLOSE} \nAssistant:"], vocab_size=1000)
 

@@ -42,7 +42,7 @@ def synth(
     workers: int = typer.Option(2, help="Worker processes."),
 ):
     """Generate a synthetic chest X-ray dataset in the R2Gen raw layout (with CheXpert ground truth)."""
-    from r2g.data.synth import generate
+    from r2g.demo.synth import generate
 
     summary = generate(out, studies=studies, style=style, seed=seed, image_size=image_size, workers=workers)
     console.print(f"[green]wrote[/] {out}/annotation.json and images: {summary}")
@@ -105,15 +105,15 @@ def tiny_lm(
     finding_notes: int = typer.Option(
         0, help="Train on the reports laid out as R2GenGPT prompts, with a note of their findings in this many "
                 "visual slots (the encoder's visual-token count, 16 for the demo Swin), so that the frozen LM "
-                "reads what the mapper writes there (see r2g.demo); 0 = plain reports."),
+                "reads what the mapper writes there (see r2g.demo.run); 0 = plain reports."),
 ):
     """Train a small Llama-architecture LM + BPE tokenizer on report text, for demos on CPU."""
     from r2g.config import PROMPT
-    from r2g.model.tiny_lm import train_tiny_lm
+    from r2g.demo.tiny_lm import train_tiny_lm
 
     texts = _read_corpus(corpus)
     if finding_notes:
-        from r2g.demo import prompt_corpus
+        from r2g.demo.run import prompt_corpus
 
         texts, _ = prompt_corpus(texts, finding_notes, PROMPT, seed)
     result = train_tiny_lm(texts, out, vocab_size=vocab_size, hidden=hidden, layers=layers, heads=heads,
@@ -341,7 +341,7 @@ def demo(
 ):
     """The main job on a laptop CPU: synthetic data → shards → tiny LM → delta alignment with DeepSpeed →
     evaluation, and the same model trained with blanked images, side by side."""
-    from r2g.demo import DemoOptions, run_demo
+    from r2g.demo.run import DemoOptions, run_demo
 
     results = run_demo(DemoOptions(out=out, studies=studies, steps=steps, seed=seed), log=lambda m: console.rule(m))
     table = Table(title=f"test split, {results['with-images']['studies']} studies")

@@ -73,7 +73,7 @@ def write_tiny_llm(folder: Path, corpus: list[str], hidden: int = 64, layers: in
     could not tell learning from noise."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from r2g.model.tiny_lm import train_tokenizer
+    from r2g.demo.tiny_lm import train_tokenizer
 
     tokenizer = train_tokenizer(corpus, vocab_size=300)
     config = LlamaConfig(

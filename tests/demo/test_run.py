@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from r2g.demo import DemoOptions, demo_config, run_demo
+from r2g.demo.run import DemoOptions, demo_config, run_demo
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def test_demo_at_toy_size(tmp_path, monkeypatch):
 
 
 def test_image_gain_pairs_studies_by_id_and_refuses_different_ones(tmp_path):
-    from r2g.demo import image_gain
+    from r2g.demo.run import image_gain
     from r2g.errors import R2GError
     from r2g.labels import CHEXPERT_LABELS
 

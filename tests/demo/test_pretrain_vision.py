@@ -13,13 +13,13 @@ from safetensors.torch import load_file
 
 from r2g.config import DataConfig, ModelConfig
 from r2g.data.shard import ShardOptions, shard_dataset
-from r2g.data.synth import generate
-from r2g.demo import present_findings
+from r2g.demo.pretrain_vision import TokenScoreHead, balanced_pos_weight, batch_targets, pretrain_vision
+from r2g.demo.run import present_findings
+from r2g.demo.synth import generate
 from r2g.errors import R2GError
 from r2g.model.vision import build_vision_encoder
-from r2g.train.pretrain_vision import TokenScoreHead, balanced_pos_weight, batch_targets, pretrain_vision
 
-from .conftest import TINY_VISION_KWARGS
+from ..conftest import TINY_VISION_KWARGS
 
 
 def test_head_pools_an_even_score_to_itself_and_lets_one_token_dominate():

@@ -7,9 +7,9 @@ import random
 import pytest
 import torch
 
-from r2g.model.llm import load_llm
+from r2g.demo.tiny_lm import train_tiny_lm
 from r2g.errors import R2GError
-from r2g.model.tiny_lm import train_tiny_lm
+from r2g.model.llm import load_llm
 
 TINY = dict(vocab_size=400, hidden=32, layers=1, heads=2, steps=40, seq_len=32, batch_size=8, lr=3e-3)
 
@@ -53,7 +53,7 @@ def test_tiny_lm_trains_saves_and_loads(tmp_path):
 
 def test_finding_note_puts_every_finding_in_a_slot():
     from r2g.labels import CHEXPERT_LABELS
-    from r2g.model.tiny_lm import NORMAL_WORD, NOTE_WORDS, finding_note
+    from r2g.demo.tiny_lm import NORMAL_WORD, NOTE_WORDS, finding_note
 
     rng = random.Random(0)
     blank = {name: None for name in CHEXPERT_LABELS}
@@ -77,7 +77,7 @@ def test_prompt_document_tokenizes_like_the_training_batch(tmp_path):
     or the frozen LM meets a prompt it has never read."""
     from r2g.config import PROMPT, ModelConfig
     from r2g.model.prompt import build_batch
-    from r2g.model.tiny_lm import prompt_document
+    from r2g.demo.tiny_lm import prompt_document
 
     note = "normal cardiomegaly normal normal"
     docs = [prompt_document(note, report, PROMPT) for report in reports(100)]
@@ -94,7 +94,7 @@ def test_prompt_document_tokenizes_like_the_training_batch(tmp_path):
 
 def test_prompt_corpus_notes_what_the_labeler_reads():
     from r2g.config import PROMPT
-    from r2g.demo import prompt_corpus
+    from r2g.demo.run import prompt_corpus
 
     texts = ["mild cardiomegaly . no pleural effusion .", "the lungs are clear . no acute cardiopulmonary process ."]
     docs, labels = prompt_corpus(texts, 6, PROMPT, seed=0)

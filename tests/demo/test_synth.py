@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from r2g.data import synth
 from r2g.data.reports import clean_report
+from r2g.demo import synth
 from r2g.errors import R2GError
 from r2g.labels import CHEXPERT_LABELS
 

@@ -13,7 +13,7 @@ has the measurements behind each choice):
   report's findings where the visual tokens go (`tiny_lm.finding_note`), so that, like a large LLM, it reads
   what sits between its `<Img>` tags;
 - the Swin is narrow and shallow, 128 px, and pretrained on the train images against the findings the
-  rules labeler reads in the train reports (`train.pretrain_vision`), as chest X-ray encoders are.
+  rules labeler reads in the train reports (`demo.pretrain_vision`), as chest X-ray encoders are.
 Test reports and labels are never used before evaluation. Alignment then runs as the paper's recommended
 `delta` mode: a mapper and LoRA on the Swin, against the frozen LLM.
 """
@@ -83,8 +83,8 @@ def prompt_corpus(reports: list[str], n_slots: int, prompt: str, seed: int) -> t
     """The tiny LM's training documents: each report in the prompt layout, its finding note (from what the
     rules labeler reads in it, as it would in real train reports) in the `n_slots` visual slots.
     Returns (documents, the reports' labels)."""
+    from r2g.demo.tiny_lm import finding_note, prompt_document
     from r2g.metrics.chexpert import label_reports
-    from r2g.model.tiny_lm import finding_note, prompt_document
 
     labels = label_reports(reports)
     rng = random.Random(seed)
@@ -96,11 +96,11 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None]) -> dict:
 
     from r2g.data.reports import clean_report
     from r2g.data.shard import ShardOptions, shard_dataset
-    from r2g.data.synth import generate
+    from r2g.demo.pretrain_vision import pretrain_vision
+    from r2g.demo.synth import generate
+    from r2g.demo.tiny_lm import train_tiny_lm
     from r2g.eval.run import evaluate
-    from r2g.model.tiny_lm import train_tiny_lm
     from r2g.train.loop import run
-    from r2g.train.pretrain_vision import pretrain_vision
 
     t0 = time.time()
     timings = {}
