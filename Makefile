@@ -16,7 +16,15 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PIP) install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[dev]'
 	touch $@
 
-install: $(VENV)/.installed
+# DeepSpeed JIT-compiles its shared-memory comm op with g++ (≈ 35 s on 2 cores) at the first init_distributed
+# on a CPU machine. Build it here, through the same DeepSpeed function, so no test or first run pays for it
+# (a test's subprocess timeout once ran out during that build). Where the accelerator has no such op (CUDA)
+# build_shm_op returns None and this builds nothing.
+$(TORCH_EXTENSIONS_DIR)/.shm_comm_built: $(VENV)/.installed
+	$(BIN)/python -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()"
+	mkdir -p $(@D) && touch $@
+
+install: $(VENV)/.installed $(TORCH_EXTENSIONS_DIR)/.shm_comm_built
 
 test: install
 	OMP_NUM_THREADS=1 $(BIN)/pytest -q -n 2 --dist loadfile
