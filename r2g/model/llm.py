@@ -1,8 +1,9 @@
 """The language side: a frozen Hugging Face causal LM and its tokenizer, from a local folder only.
 
-Loading goes through `from_pretrained`, so Hugging Face's DeepSpeed ZeRO-3 integration (an `HfDeepSpeedConfig`
-kept alive by the caller) or an enclosing `deepspeed.zero.Init` partitions the weights as they load. Nothing
-here touches parameter data afterwards (no `.float()`, no copies): freezing only flips `requires_grad`.
+Under ZeRO-3 (an `HfDeepSpeedConfig` kept alive by the caller) the weights load partitioned, each rank reading
+only its own share from the safetensors files (r2g/model/zero3_load.py), so no rank holds a full copy even
+while loading; otherwise through `from_pretrained`. Nothing here touches parameter data afterwards (no
+`.float()`, no copies): freezing only flips `requires_grad`.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import torch
 import torch.nn as nn
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.integrations import deepspeed_config, is_deepspeed_zero3_enabled
 
 from r2g.config import ModelConfig
 from r2g.errors import R2GError
+from r2g.model.zero3_load import load_partitioned
 
 LLM_HINT = (
     "--llm must be a local Hugging Face folder with config.json and tokenizer files, e.g. /models/Llama-2-7b-chat-hf"
@@ -48,7 +51,10 @@ def load_llm(path: str | Path, dtype: torch.dtype | None = None) -> tuple[PreTra
     if tokenizer.eos_token_id is None:
         raise R2GError(f"{folder}: the tokenizer has no eos token; set eos_token in tokenizer_config.json")
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or torch.float32, local_files_only=True)
+        if is_deepspeed_zero3_enabled():  # each rank reads only its own partition of every weight
+            model = load_partitioned(folder, dtype or torch.float32, deepspeed_config())
+        else:
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or torch.float32, local_files_only=True)
     except (OSError, ValueError) as e:  # no weights, not a causal-LM architecture, ...
         raise R2GError(f"{LLM_HINT}; cannot load a causal LM from {folder} ({e})") from None
     n_embeddings = model.get_input_embeddings().num_embeddings

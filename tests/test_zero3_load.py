@@ -1,0 +1,80 @@
+"""ZeRO-3 loading of the LLM (r2g/model/zero3_load.py) in real multi-process worlds on CPU: each rank's
+partitions hold exactly its share of the checkpoint, and the partitioned model computes the logits of a plain
+load."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from r2g.errors import R2GError
+
+from .conftest import write_tiny_llm
+
+CORPUS = ["The heart is normal in size. No pleural effusion.", "Mild cardiomegaly. Lungs are clear."] * 20
+
+
+def _ds(bf16: bool) -> dict:
+    return {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}, "bf16": {"enabled": bf16}}
+
+
+def _worker(rank: int, world: int, port: int, folder: str, bad_folder: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), DS_ACCELERATOR="cpu")
+    torch.set_num_threads(1)
+    import deepspeed
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import HfDeepSpeedConfig
+
+    from r2g.model.llm import load_llm
+
+    deepspeed.init_distributed(dist_backend="gloo")
+    # The checkpoint is bf16; the fp32 run converts while reading, the bf16 one reads straight into ds_tensor.
+    for dtype in (torch.float32, torch.bfloat16):
+        plain = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+        hf_ds = HfDeepSpeedConfig(_ds(dtype == torch.bfloat16))  # noqa: F841  (what the training loop keeps alive)
+        model, tokenizer = load_llm(folder, dtype)
+        expected = dict(plain.named_parameters())
+        assert sorted(n for n, _ in model.named_parameters()) == sorted(expected)
+        for name, p in model.named_parameters():
+            share = -(-p.ds_numel // world)  # DeepSpeed pads each flattened weight to a multiple of the world size
+            assert p.numel() == 0 and p.ds_tensor.numel() == share and p.ds_tensor.dtype == dtype, name
+            want = expected[name].detach().reshape(-1)[rank * share:(rank + 1) * share]
+            assert torch.equal(p.ds_tensor[:want.numel()], want), name
+        ids = torch.tensor([tokenizer.encode(CORPUS[1])])
+        with deepspeed.zero.GatheredParameters(list(model.parameters())), torch.no_grad():
+            logits = model(ids).logits
+        with torch.no_grad():
+            assert torch.equal(logits, plain(ids).logits)
+        del hf_ds
+    hf_ds = HfDeepSpeedConfig(_ds(False))  # noqa: F841
+    with pytest.raises(R2GError, match=r"model\.embed_tokens\.weight is stored with shape \[\d+, 32\].*wants \[\d+, 48\]"):
+        load_llm(bad_folder, torch.float32)
+
+
+@pytest.mark.parametrize("world", [2, 3])  # 3: the vocabulary x hidden weights do not split evenly (padding)
+def test_each_rank_loads_only_its_share_and_the_logits_match_a_plain_load(tmp_path: Path, world: int):
+    folder = write_tiny_llm(tmp_path / "llm", CORPUS, hidden=32)
+    from transformers import AutoModelForCausalLM
+
+    # Re-saved in bf16 as several shards with an index: the layout of real checkpoints.
+    plain = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
+    for f in folder.glob("*.safetensors"):
+        f.unlink()
+    plain.save_pretrained(folder, max_shard_size="20KB")
+    assert (folder / "model.safetensors.index.json").is_file() and len(list(folder.glob("*.safetensors"))) >= 3
+    bad = write_tiny_llm(tmp_path / "bad", CORPUS, hidden=32)
+    config = (bad / "config.json").read_text().replace('"hidden_size": 32', '"hidden_size": 48')
+    (bad / "config.json").write_text(config)
+    mp.spawn(_worker, args=(world, 29400 + os.getpid() % 500 + world, str(folder), str(bad)), nprocs=world)
+
+
+def test_a_folder_without_safetensors_weights_is_a_clear_error(tmp_path: Path):
+    from r2g.model.zero3_load import stored_tensors
+
+    with pytest.raises(R2GError, match="no model.safetensors or model.safetensors.index.json"):
+        stored_tensors(tmp_path)
