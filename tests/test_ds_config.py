@@ -7,9 +7,9 @@ import pytest
 
 from r2g.config import RunConfig, TrainConfig
 from r2g.errors import R2GError
-from r2g.train.ds_config import find_ds_config, resolve_ds_config
+from r2g.train.ds_config import SHIPPED, find_ds_config, resolve_ds_config
 
-ZERO2 = Path(__file__).resolve().parents[1] / "ds_configs" / "zero2.json"
+ZERO2 = SHIPPED / "zero2.json"
 
 
 def test_auto_values_come_from_the_config():
@@ -49,7 +49,9 @@ def test_precision_auto_is_bf16_on_cuda_only_and_fp16_is_refused():
 
 def test_shipped_configs_are_found_from_any_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no ds_configs/ here: the default path falls back to the shipped file
-    assert find_ds_config("ds_configs/zero3.json") == ZERO2.parent / "zero3.json"
+    assert SHIPPED.parent.name == "r2g"  # inside the package, so a non-editable install ships them (test_packaging)
+    assert find_ds_config("ds_configs/zero3.json") == find_ds_config("zero3.json") == SHIPPED / "zero3.json"
+    assert find_ds_config("other/zero3.json") == Path("other/zero3.json")  # only the two spellings fall back
     assert resolve_ds_config("ds_configs/zero2.json", RunConfig(), 1, 10, False)["zero_optimization"]["stage"] == 2
     (tmp_path / "ds_configs").mkdir()
     (tmp_path / "ds_configs" / "zero2.json").write_text(json.dumps({"zero_optimization": {"stage": 1}}))

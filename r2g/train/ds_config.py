@@ -13,8 +13,9 @@ from typing import Any
 from r2g.config import RunConfig
 from r2g.errors import R2GError
 
-# The configs this repository ships; `ds_configs/...` paths fall back here when run from another folder.
-SHIPPED = Path(__file__).resolve().parents[2] / "ds_configs"
+# The configs shipped inside the package (an installed wheel has them too; the checkout's top-level
+# ds_configs/ is a link here). `--ds zero2.json` or `ds_configs/zero2.json` falls back here when not found as given.
+SHIPPED = Path(__file__).resolve().parents[1] / "ds_configs"
 
 
 def _fill(section: dict, key: str, value: Any, where: str, flag: str, conflicts: list[str]) -> None:
@@ -26,12 +27,10 @@ def _fill(section: dict, key: str, value: Any, where: str, flag: str, conflicts:
 
 
 def find_ds_config(path: str | Path) -> Path:
-    """`path` as given, or, when that is a missing relative `ds_configs/<name>`, the shipped file of that name."""
+    """`path` as given, or, when that is a missing `<name>` or `ds_configs/<name>`, the shipped file of that name."""
     path = Path(path)
-    if not path.is_file() and not path.is_absolute() and path.parts[:1] == ("ds_configs",):
-        shipped = SHIPPED.joinpath(*path.parts[1:])
-        if shipped.is_file():
-            return shipped
+    if not path.is_file() and path.parts[:-1] in ((), ("ds_configs",)) and (SHIPPED / path.name).is_file():
+        return SHIPPED / path.name
     return path
 
 
