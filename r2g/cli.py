@@ -42,7 +42,7 @@ def synth(
     workers: int = typer.Option(2, help="Worker processes."),
 ):
     """Generate a synthetic chest X-ray dataset in the R2Gen raw layout (with CheXpert ground truth)."""
-    from r2g.demo.synth import generate
+    from r2g.demo.dataset import generate
 
     summary = generate(out, studies=studies, style=style, seed=seed, image_size=image_size, workers=workers)
     console.print(f"[green]wrote[/] {out}/annotation.json and images: {summary}")

@@ -79,7 +79,7 @@ def test_roc_auc_on_hand_computed_cases():
 
 def test_encoder_probe_on_generated_shards(tmp_path):
     from r2g.data.shard import ShardOptions, shard_dataset
-    from r2g.demo.synth import generate
+    from r2g.demo.dataset import generate
 
     generate(tmp_path / "data", studies=60, style="mimic", seed=0, image_size=64, workers=1)
     shard_dataset(tmp_path / "data" / "annotation.json", tmp_path / "data" / "images", tmp_path / "shards",

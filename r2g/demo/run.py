@@ -96,8 +96,8 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None]) -> dict:
 
     from r2g.data.reports import clean_report
     from r2g.data.shard import ShardOptions, shard_dataset
+    from r2g.demo.dataset import generate
     from r2g.demo.pretrain_vision import pretrain_vision
-    from r2g.demo.synth import generate
     from r2g.demo.tiny_lm import train_tiny_lm
     from r2g.eval.run import evaluate
     from r2g.train.loop import run

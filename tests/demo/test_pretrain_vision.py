@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 
 from r2g.config import DataConfig, ModelConfig
 from r2g.data.shard import ShardOptions, shard_dataset
+from r2g.demo.dataset import generate
 from r2g.demo.pretrain_vision import TokenScoreHead, balanced_pos_weight, batch_targets, pretrain_vision
 from r2g.demo.run import present_findings
-from r2g.demo.synth import generate
 from r2g.errors import R2GError
 from r2g.model.vision import build_vision_encoder
 
