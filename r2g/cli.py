@@ -94,6 +94,30 @@ shard_app.command("iu-xray")(_shard_command("iu_xray", "shards/iu_xray"))
 shard_app.command("mimic")(_shard_command("mimic_cxr", "shards/mimic_cxr"))
 
 
+@shard_app.command("verify")
+def shard_verify(shards: Path = typer.Argument(..., help="Shard folder written by `r2g shard`.")):
+    """Check every shard against manifest.json: full sha256 and sample count (exit 2 naming the bad ones)."""
+    from r2g.data.shard import read_manifest, verify_shards
+
+    total = sum(len(v["shards"]) for v in read_manifest(shards)["splits"].values())
+    with progress_bar() as bar:
+        task = bar.add_task("verifying", total=total)
+        checks = verify_shards(shards, on_shard=lambda _: bar.advance(task))
+    table = Table(title=f"{shards}/manifest.json")
+    for col in ("shard", "split", "samples", "read", "sha256", "status"):
+        table.add_column(col, justify="right" if col in ("samples", "read") else "left")
+    for c in checks:
+        table.add_row(c.name, c.split, str(c.samples), "-" if c.read is None else str(c.read),
+                      "ok" if c.checksum_ok else "differs", "[green]ok[/]" if c.ok else f"[red]{c.problem()}[/]")
+    console.print(table)
+    bad = [c for c in checks if not c.ok]
+    if bad:
+        listed = ", ".join(f"{c.name} ({c.problem()})" for c in bad)
+        raise R2GError(f"{len(bad)} of {len(checks)} shard(s) damaged: {listed}; re-run the `r2g shard` command "
+                       "that wrote them (it rewrites exactly the shards that no longer verify)")
+    console.print(f"[green]all {len(checks)} shard(s) verify[/]")
+
+
 # ---------------------------------------------------------------------------------------------- tiny-lm
 @app.command("tiny-lm")
 def tiny_lm(

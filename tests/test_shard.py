@@ -40,7 +40,9 @@ def test_round_trip_counts_bytes_labels_and_checksums(raw_dataset, tmp_path):
     for split in manifest["splits"].values():
         for s in split["shards"]:
             assert sha256_file(out / s["name"]) == s["sha256"]
-    assert verify_shards(out) == []
+            assert (out / s["name"]).stat().st_size == s["bytes"]
+    checks = verify_shards(out)
+    assert len(checks) == 4 and all(c.ok and c.read == c.samples for c in checks)
 
     members = {}
     for s in manifest["splits"]["train"]["shards"]:
@@ -175,3 +177,42 @@ def test_missing_paths_and_bad_options(raw_dataset, tmp_path):
         _shard(raw_dataset, tmp_path / "s", shard_size=0)
     with pytest.raises(R2GError, match="unknown dataset"):
         _shard(raw_dataset, tmp_path / "s", dataset="chexpert")
+
+
+def _flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_verify_catches_a_flipped_byte_a_cut_and_a_missing_shard(raw_dataset, tmp_path):
+    out = tmp_path / "shards"
+    _shard(raw_dataset, out, shard_size=2)
+    with tarfile.open(out / "train-000000.tar") as tar:  # a byte inside s0001's image: the count cannot see it
+        image = next(m for m in tar.getmembers() if m.name == "s0001.0.png")
+    _flip(out / "train-000000.tar", image.offset_data + image.size // 2)
+    cut = out / "train-000002.tar"
+    cut.write_bytes(cut.read_bytes()[:1024])
+    (out / "test-000001.tar").unlink()
+
+    bad = {c.name: c.problem() for c in verify_shards(out) if not c.ok}
+    assert bad == {
+        "train-000000.tar": "checksum differs",
+        "train-000002.tar": "checksum differs, 0 of 2 samples readable",
+        "test-000001.tar": "missing",
+    }
+
+
+def test_shard_verify_command_exits_non_zero_naming_the_bad_shards(raw_dataset, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "shards"
+    _shard(raw_dataset, out, shard_size=4)
+    verify = [sys.executable, "-m", "r2g.cli", "shard", "verify", str(out)]
+    good = subprocess.run(verify, capture_output=True, text=True, timeout=120)
+    assert good.returncode == 0 and "all 4 shard(s) verify" in good.stdout
+    _flip(out / "val-000000.tar", 700)
+    bad = subprocess.run(verify, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "1 of 4 shard(s) damaged: val-000000.tar (checksum differs" in bad.stdout
+    assert "Traceback" not in bad.stdout + bad.stderr

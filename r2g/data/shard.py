@@ -7,6 +7,9 @@ source paths and CheXpert `labels` when the annotation has them.
 Resumable: every finished shard leaves a small record in `.parts/` with its checksum and the fingerprint of
 the inputs and options; a re-run skips shards whose record matches and whose bytes still verify.
 Shards are written to a temporary name and renamed, so a crash never leaves a half-written shard behind.
+
+The manifest records each shard's sample count, byte size and sha256: the loader compares sizes at start and
+counts samples as they stream (`read_shard`), `verify_shards` is the full checksum pass (`r2g shard verify`).
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import webdataset as wds
 from PIL import Image
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from r2g.data.annotation import BadSample, Study, load_annotation, sha256_file
 from r2g.data.reports import DATASETS, clean_report
@@ -61,6 +65,7 @@ class ShardResult:
     sha256: str | None  # None when the shard was not written because of bad samples
     bad: list[BadSample]
     reused: bool = False
+    bytes: int = 0  # file size, for the loader's cheap start-up check
 
 
 def plan_shards(studies: dict[str, list[Study]], shard_size: int) -> list[ShardTask]:
@@ -132,7 +137,7 @@ def write_shard(task: ShardTask, images_root: Path, out_dir: Path, opts: ShardOp
         done = json.loads(record.read_text())
         if done.get("fingerprint") == fingerprint and sha256_file(path) == done["sha256"]:
             bad = [BadSample(**b) for b in done["bad"]]
-            return ShardResult(task.name, task.split, done["samples"], done["sha256"], bad, reused=True)
+            return ShardResult(task.name, task.split, done["samples"], done["sha256"], bad, True, path.stat().st_size)
 
     samples, bad = [], []
     for study in task.studies:
@@ -157,7 +162,7 @@ def write_shard(task: ShardTask, images_root: Path, out_dir: Path, opts: ShardOp
             {"fingerprint": fingerprint, "sha256": digest, "samples": len(samples), "bad": [asdict(b) for b in bad]}
         )
     )
-    return ShardResult(task.name, task.split, len(samples), digest, bad)
+    return ShardResult(task.name, task.split, len(samples), digest, bad, bytes=path.stat().st_size)
 
 
 def bad_summary(bad: list[BadSample]) -> str:
@@ -228,7 +233,10 @@ def shard_dataset(
         "splits": {
             split: {
                 "samples": sum(r.samples for r in results if r.split == split),
-                "shards": [{"name": r.name, "samples": r.samples, "sha256": r.sha256} for r in results if r.split == split],
+                "shards": [
+                    {"name": r.name, "samples": r.samples, "sha256": r.sha256, "bytes": r.bytes}
+                    for r in results if r.split == split
+                ],
             }
             for split in ann.studies
         },
@@ -255,12 +263,67 @@ def read_manifest(shards: str | Path) -> dict:
     return manifest
 
 
-def verify_shards(shards: str | Path) -> list[str]:
-    """Names of shards whose bytes no longer match the manifest's checksum (empty when all verify)."""
+def _complete(sample: dict) -> bool:
+    """Whether a sample holds its json and every image the json names (a cut-off tar ends in a partial one)."""
+    try:
+        names = json.loads(sample["json"])["images"]
+    except (KeyError, ValueError, TypeError):
+        return False
+    return all(name in sample for name in names)
+
+
+def read_shard(path: str | Path) -> Iterator[dict]:
+    """The complete samples of one shard (raw bytes, keyed as webdataset keys them), in order, ending quietly at
+    the first damage: an unreadable header or member, or a sample cut off. Python's tarfile ends an archive
+    silently at a corrupt header, so only a count against the manifest tells a damaged shard from a whole one."""
+
+    def stop(exn: Exception) -> bool:  # nothing after damage in a tar stream can be trusted
+        return False
+
+    with open(path, "rb") as f:
+        files = tar_file_expander([{"url": str(path), "stream": f}], handler=stop)
+        for sample in group_by_keys(files, handler=stop):
+            if not _complete(sample):
+                return
+            yield sample
+
+
+@dataclass(frozen=True)
+class ShardCheck:
+    """One shard against its manifest entry."""
+
+    name: str
+    split: str
+    samples: int  # the manifest's count
+    read: int | None  # complete samples read from the file; None when the file is missing
+    checksum_ok: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.checksum_ok and self.read == self.samples
+
+    def problem(self) -> str:
+        if self.read is None:
+            return "missing"
+        problems = [] if self.checksum_ok else ["checksum differs"]
+        if self.read != self.samples:
+            problems.append(f"{self.read} of {self.samples} samples readable")
+        return ", ".join(problems)
+
+
+def verify_shards(shards: str | Path, on_shard: Callable[[ShardCheck], None] | None = None) -> list[ShardCheck]:
+    """A full pass over every shard of the manifest: sha256 and complete-sample count against the manifest."""
     root, manifest = Path(shards), read_manifest(shards)
-    return [
-        s["name"]
-        for split in manifest["splits"].values()
-        for s in split["shards"]
-        if not (root / s["name"]).is_file() or sha256_file(root / s["name"]) != s["sha256"]
-    ]
+    checks = []
+    for split, entry in manifest["splits"].items():
+        for s in entry["shards"]:
+            path = root / s["name"]
+            if path.is_file():
+                check = ShardCheck(s["name"], split, s["samples"], sum(1 for _ in read_shard(path)),
+                                   sha256_file(path) == s["sha256"])
+            else:
+                check = ShardCheck(s["name"], split, s["samples"], None, False)
+            checks.append(check)
+            if on_shard:
+                on_shard(check)
+    return checks
