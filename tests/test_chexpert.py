@@ -14,7 +14,8 @@ import pytest
 
 from r2g.errors import R2GError
 from r2g.labels import CHEXPERT_LABELS
-from r2g.metrics.chexpert import Mention, aggregate, label_report, label_reports, load_labeler, mentions
+from r2g.metrics.chexpert import (OTHER_FINDINGS, Mention, aggregate, label_report, label_reports, load_labeler,
+                                  mentions)
 
 DATA = Path(os.environ.get("R2G_IU_REPORTS", "/work/shared/data/iu_xray_reports_train_val.json"))
 
@@ -32,22 +33,30 @@ REAL_CASES = [
     ("The heart is not significantly enlarged.", {"Cardiomegaly": 0, NF: 1}),
     ("The heart silhouette and mediastinal contours are not enlarged.",
      {"Cardiomegaly": 0, "Enlarged Cardiomediastinum": 0, NF: 1}),
-    # A structure without size or normality says nothing.
-    ("The mediastinum is stable.", {NF: 1}),
-    # Enlargement -> 1; borderline wording -> -1.
+    # Enlargement -> 1; borderline -> -1.
     ("Mild cardiomegaly.", {"Cardiomegaly": 1}),
     ("Stable cardiomegaly.", {"Cardiomegaly": 1}),
     ("The heart is mildly enlarged.", {"Cardiomegaly": 1}),
     ("Heart size is enlarged but stable.", {"Cardiomegaly": 1}),
     ("Stable enlarged cardiomediastinal silhouette.", {"Enlarged Cardiomediastinum": 1}),
     ("Widened mediastinum.", {"Enlarged Cardiomediastinum": 1}),
-    # "enlarged" belongs to the heart, not to the mediastinal contours after it.
-    ("Heart size mildly enlarged, stable mediastinal and hilar contours.", {"Cardiomegaly": 1}),
+    # "enlarged" belongs to the heart, not to the mediastinal contours after it, which are stable (-1, below).
+    ("Heart size mildly enlarged, stable mediastinal and hilar contours.",
+     {"Cardiomegaly": 1, "Enlarged Cardiomediastinum": -1}),
     ("Borderline cardiomegaly.", {"Cardiomegaly": -1}),
     ("Borderline enlarged heart.", {"Cardiomegaly": -1}),
-    ("The heart is top normal in size.", {"Cardiomegaly": -1}),
+    # CheXpert: "top normal" and "upper limits of normal" are normal (its negation patterns on "normal").
+    ("The heart is top normal in size.", {"Cardiomegaly": 0, NF: 1}),
     ("The heart size is top normal, cardiomediastinal silhouette within normal limits.",
-     {"Cardiomegaly": -1, "Enlarged Cardiomediastinum": 0}),
+     {"Cardiomegaly": 0, "Enlarged Cardiomediastinum": 0, NF: 1}),
+    ("Heart size upper limits of normal.", {"Cardiomegaly": 0, NF: 1}),
+    # CheXpert: a stable / unchanged silhouette, heart or mediastinum is uncertain, unless called normal.
+    ("The mediastinum is stable.", {"Enlarged Cardiomediastinum": -1}),
+    ("Stable cardiomediastinal silhouette.", {"Enlarged Cardiomediastinum": -1}),
+    ("Stable heart size.", {"Cardiomegaly": -1}),
+    ("Stable normal heart size.", {"Cardiomegaly": 0, NF: 1}),
+    ("Stable cardiomediastinal silhouette with normal heart size.",
+     {"Enlarged Cardiomediastinum": -1, "Cardiomegaly": 0}),
     # The enlarged silhouette may be effusion: cardiomegaly is uncertain.
     ("Mildly enlarged cardiac silhouette; cardiomegaly versus pericardial effusion.", {"Cardiomegaly": -1}),
     # Negations, including long lists and post-mention triggers.
@@ -71,24 +80,49 @@ REAL_CASES = [
     ("There is no focal air space opacity to suggest a pneumonia.", {"Lung Opacity": 0, "Pneumonia": 0, NF: 1}),
     ("There is no pleural line to suggest pneumothorax or costophrenic XXXX blunting to suggest large pleural "
      "effusion.", {"Pneumothorax": 0, "Pleural Effusion": 0, NF: 1}),
-    # Clear lungs and non-CheXpert findings label nothing.
+    # Clear lungs and findings outside CheXpert's lists label nothing.
     ("The lungs are clear.", {NF: 1}),
     ("No acute cardiopulmonary abnormality.", {NF: 1}),
-    ("There are diffuse degenerative changes of the spine.", {NF: 1}),
-    ("Emphysema.", {NF: 1}),
     ("Tortuous aorta.", {NF: 1}),
-    ("Prior granulomatous disease.", {NF: 1}),
-    ("Evidence of previous granulomatous infection.", {NF: 1}),
     ("There may be a pericardial effusion.", {NF: 1}),
     ("XXXX sternotomy XXXX are intact.", {NF: 1}),
     ("Cholecystectomy clips are present.", {NF: 1}),
-    ("The lateral most screw is fractured.", {NF: 1}),
+    # CheXpert's "other findings": no label, and no No Finding either.
+    ("There are diffuse degenerative changes of the spine.", {}),
+    ("Degenerative changes of the spine.", {}),
+    ("Emphysema.", {}),
+    ("Mild hyperinflation.", {}),
+    ("Prior granulomatous disease.", {}),
+    ("Evidence of previous granulomatous infection.", {}),  # an old infection is not pneumonia (r2g's unmention)
+    ("There are scattered calcified granulomas.", {}),
+    ("Calcified granulomas.", {}),
+    ("There is an 8 mm calcified nodule in the left midlung.", {}),  # CheXpert unmentions "calcified nodul"
+    ("Bilateral costophrenic XXXX blunting is present.", {}),  # CheXpert's "blunt" is no effusion
+    ("Retrocardiac soft tissue density.", {}),
+    ("Stable right-sided volume loss.", {}),
+    ("Metastatic disease cannot be excluded.", {}),
+    # ... negated, they leave No Finding alone.
+    ("No XXXX of metastasis.", {NF: 1}),
+    # Screws are Support Devices (CheXpert); a broken screw is no bone fracture (r2g's unmention).
+    ("The lateral most screw is fractured.", {"Support Devices": 1, NF: 1}),
+    # Lung Lesion is CheXpert's list: masses, nodules, nodular opacities.
+    ("Left midlung mass.", {"Lung Lesion": 1}),
+    ("Right upper lobe 6 mm nodular opacity.", {"Lung Lesion": 1, "Lung Opacity": 1}),
+    ("No effusion or noncalcified nodules.", {"Pleural Effusion": 0, "Lung Lesion": 0, NF: 1}),
+    # CheXpert: a positive or uncertain CHF / heart failure makes Cardiomegaly uncertain; a negated one does not.
+    ("Findings consistent with mild congestive heart failure.", {"Edema": 1, "Cardiomegaly": -1}),
+    ("Cardiomegaly without heart failure.", {"Cardiomegaly": 1, "Edema": 0}),
+    ("No effusions or CHF.", {"Pleural Effusion": 0, "Edema": 0, "Cardiomegaly": 0, NF: 1}),
+    # CheXpert: vascular congestion is at most uncertain Edema.
+    ("Cardiomegaly and pulmonary vascular congestion.", {"Cardiomegaly": 1, "Edema": -1}),
+    ("No pulmonary vascular congestion.", {"Edema": 0, NF: 1}),
+    # CheXpert: "or" hedges both sides unless negated; "exclude", "history of" negate.
+    ("Minimal left basilar atelectasis or scar.", {"Atelectasis": -1, "Lung Opacity": -1}),
+    ("Consider oblique images to exclude true nodule.", {"Lung Lesion": 0, NF: 1}),
+    ("Correlate clinically with history of fracture.", {"Fracture": 0, NF: 1}),
     # Positives.
-    ("There are scattered calcified granulomas.", {"Lung Lesion": 1}),
     ("Small bilateral pleural effusions.", {"Pleural Effusion": 1}),
-    ("Bilateral costophrenic XXXX blunting is present.", {"Pleural Effusion": 1}),
     ("There is a right lower lobe pneumonia.", {"Pneumonia": 1}),
-    ("Cardiomegaly and pulmonary vascular congestion.", {"Cardiomegaly": 1, "Edema": 1}),
     ("Mild interstitial edema.", {"Edema": 1}),
     ("Old right rib fractures.", {"Fracture": 1}),
     ("There is a moderate sized right pneumothorax.", {"Pneumothorax": 1}),
@@ -109,7 +143,6 @@ REAL_CASES = [
      {"Lung Opacity": 1, "Atelectasis": -1, "Pneumonia": -1}),
     ("Cardiomegaly which appears XXXX from XXXX with probable mild pulmonary edema.",
      {"Cardiomegaly": 1, "Edema": -1}),
-    ("Metastatic disease cannot be excluded.", {"Lung Lesion": -1}),
     ("A subtle infiltrate cannot be excluded.", {"Lung Opacity": -1}),
     ("However, true pulmonary nodule is a possibility.", {"Lung Lesion": -1}),
     # Scope breaker: the hedge before "but" does not reach the mention after it, the post-trigger does.
@@ -160,10 +193,12 @@ def test_all_keys_and_values():
 
 
 def test_mentions_explain_the_decision():
-    found = mentions("Heart size is upper limits of normal. No pneumothorax.")
+    found = mentions("Heart size is upper limits of normal. No pneumothorax. Calcified granuloma.")
     assert [(m.label, m.text, m.status, m.cue, m.sentence) for m in found] == [
-        ("Cardiomegaly", "heart size", -1, "upper limits of normal", 0),
+        ("Cardiomegaly", "heart size", 0, "upper limits of normal", 0),
         ("Pneumothorax", "pneumothorax", 0, "no", 1),
+        ("Other Findings", "calcified", 1, None, 2),
+        ("Other Findings", "granuloma", 1, None, 2),
     ]
 
 
@@ -185,6 +220,35 @@ def test_no_finding_rule():
     assert aggregate([_m("Support Devices", 1)])[NF] == 1
     assert aggregate([_m("Support Devices", 1), _m("Fracture", 1)])[NF] is None
     assert aggregate([_m("Lung Lesion", -1)])[NF] is None
+    # CheXpert's other findings: positive or uncertain stop No Finding and set no label; negated do nothing.
+    assert aggregate([_m(OTHER_FINDINGS, 1)]) == {label: None for label in CHEXPERT_LABELS}
+    assert aggregate([_m(OTHER_FINDINGS, -1)])[NF] is None
+    assert aggregate([_m(OTHER_FINDINGS, 0)])[NF] == 1
+
+
+def test_the_issue_example():
+    """Issue 9: CheXpert (and CheXbert) do not call this report No Finding, and it has none of the 14 labels."""
+    assert label_report("calcified granuloma. degenerative changes of the spine.") == {
+        label: None for label in CHEXPERT_LABELS}
+    assert label_report("calcified granuloma. no degenerative changes of the spine.")[NF] is None
+    assert label_report("no calcified granuloma. no degenerative changes of the spine.")[NF] == 1
+
+
+def test_or_yields_to_negation_and_reaches_only_its_neighbours():
+    assert _non_blank(label_report("atelectasis or pneumonia.")) == {"Atelectasis": -1, "Pneumonia": -1}
+    assert _non_blank(label_report("no pneumothorax or pleural effusion.")) == {
+        "Pneumothorax": 0, "Pleural Effusion": 0, NF: 1}
+    # "or" joins pneumothorax and effusion, not the emphysema four words before it.
+    assert [(m.text, m.status) for m in mentions("emphysema of both lungs with pneumothorax or effusion")
+            if m.label == OTHER_FINDINGS] == [("emphysema", 1)]
+
+
+def test_chexpert_uncertainty_before_negation():
+    # "cannot exclude" / "cannot rule out" win over the negating "exclude" / "rule out" inside them.
+    assert label_report("cannot exclude pneumonia.")["Pneumonia"] == -1
+    assert label_report("cannot rule out pneumonia.")["Pneumonia"] == -1
+    assert label_report("no new consolidation.")["Consolidation"] == -1
+    assert label_report("no consolidation.")["Consolidation"] == 0
 
 
 def test_label_reports_batch():
@@ -275,10 +339,11 @@ def test_label_distribution_is_plausible(real_reports):
     n = len(labels)
     positive = Counter(k for row in labels for k, v in row.items() if v == 1)
     assert all(set(row.values()) <= {1, 0, -1, None} for row in labels)
-    # IU-Xray is mostly normal; cardiomegaly and granulomas are its common findings.
-    assert 0.45 < positive[NF] / n < 0.70
+    # IU-Xray is about half normal by CheXpert's rules (its "other findings" such as granulomas and degenerative
+    # spine changes are common); cardiomegaly is its common labelled finding; granulomas are no Lung Lesion.
+    assert 0.35 < positive[NF] / n < 0.50
     assert 0.05 < positive["Cardiomegaly"] / n < 0.12
-    assert 0.08 < positive["Lung Lesion"] / n < 0.16
+    assert 0.02 < positive["Lung Lesion"] / n < 0.07
     assert 0.02 < positive["Pleural Effusion"] / n < 0.08
     assert positive["Pneumothorax"] / n < 0.02
     assert all(positive[k] > 0 for k in CHEXPERT_LABELS)
@@ -286,9 +351,11 @@ def test_label_distribution_is_plausible(real_reports):
 
 @needs_data
 def test_no_finding_never_with_a_finding(real_reports):
-    for row in label_reports(real_reports[:500]):
+    for report in real_reports[:500]:
+        row = label_report(report)
         findings = [k for k, v in row.items() if v in (1, -1) and k not in (NF, "Support Devices")]
-        assert (row[NF] == 1) == (not findings)
+        others = [m for m in mentions(report) if m.label == OTHER_FINDINGS and m.status in (1, -1)]
+        assert (row[NF] == 1) == (not findings and not others)
 
 
 def test_phrase_gaps_stay_in_their_sentence():

@@ -1,14 +1,22 @@
 """An offline, rule-based CheXpert-style labeler: 14 observations, each 1 / 0 / -1 / None per report.
 
-Stages, as the CheXpert labeler (Irvin et al., 2019) but with sentence-scope rules instead of parses:
+Stages, as the CheXpert labeler (Irvin et al., 2019; stanfordmlgroup/chexpert-labeler, whose phrase and pattern
+lists each phrase file here is checked against, differences noted in the file) but with sentence-scope rules
+instead of dependency parses:
 
 1. Mentions. `phrases/mention_<label>.txt` lists findings ("cardiomegaly", "effusion"), positive unless a
-   trigger says otherwise. `phrases/anatomy_<label>.txt` lists structures ("heart size", "mediastinum")
-   that only count through a size/normality qualifier in their clause (see `assign_qualifiers`): `qualifier_normal.txt`
-   -> 0 ("heart size is normal"), `qualifier_borderline.txt` -> -1 ("heart size upper limits of normal"),
-   `qualifier_enlarged.txt` -> a finding at the qualifier ("heart is not enlarged" -> 0). A structure with no
-   qualifier ("the mediastinum is stable") is no mention. `phrases/unmention_<label>.txt` drops mentions
-   it overlaps ("pericardial effusion" is not Pleural Effusion).
+   trigger says otherwise; `phrases/uncertain_<label>.txt` lists findings that are at most uncertain
+   (CheXpert: "pulmonary vascular congestion" -> Edema -1, a positive "chf" -> Cardiomegaly -1).
+   `phrases/mention_other_findings.txt` is CheXpert's "other findings" list (its `no_finding.txt`: granuloma,
+   calcification, degenerative changes, emphysema, ...): such a mention sets no label, but a positive or
+   uncertain one stops No Finding. `phrases/anatomy_<label>.txt` lists structures ("heart size", "mediastinum")
+   that only count through a qualifier in their clause (see `assign_qualifiers`): `qualifier_normal.txt`
+   -> 0 ("heart size is normal", "upper limits of normal"), `qualifier_borderline.txt` -> -1 ("borderline"),
+   `qualifier_enlarged.txt` -> a finding at the qualifier ("heart is not enlarged" -> 0), and, only when none of
+   those applies, `qualifier_unchanged.txt` -> -1 ("the mediastinum is stable": CheXpert's rule that a stable
+   silhouette may still be an enlarged one). A structure with no qualifier ("the mediastinum is seen") is no
+   mention. `phrases/unmention_<label>.txt` drops mentions it overlaps ("pericardial effusion" is not
+   Pleural Effusion).
 2. Status. Triggers act within a clause: the sentence, cut at a scope breaker ("but", "which", ...).
    Pre-triggers (negation_pre, uncertainty_pre, uncertainty_evidence) reach forward to the clause end;
    post-triggers (negation_post, uncertainty_post) reach back at most POST_SCOPE_WORDS words. The
@@ -16,24 +24,30 @@ Stages, as the CheXpert labeler (Irvin et al., 2019) but with sentence-scope rul
    pneumothorax 0. Evidential triggers ("suggest", "concerning for") inside a negation's scope carry the
    negation on: "no focal opacity to suggest pneumonia" -> Pneumonia 0. Words inside a pseudo-trigger
    ("no interval change in cardiomegaly") trigger nothing. Of overlapping phrases the longest wins
-   ("not excluded" over "not", "upper limits of normal" over "normal").
-3. Aggregation per report: 1 if any mention is positive, else -1 if any is uncertain, else 0 if any is
-   negated, else None. No Finding is 1 when no observation other than Support Devices is 1 or -1
-   (including when nothing is mentioned), else None.
+   ("not excluded" over "not", "cannot exclude" over "exclude"). `uncertainty_after_negation.txt` ("or",
+   "and/or") hedges the mentions on both sides of it unless a negation reaches them ("atelectasis or
+   pneumonia" -> both -1, "no effusion or pneumothorax" -> both 0), as CheXpert checks those patterns only after
+   its negation patterns.
+3. Aggregation per report, as CheXpert's: 1 if any mention is positive, else -1 if any is uncertain, else 0
+   if any is negated, else None. No Finding is 1 when no observation other than Support Devices, and no
+   "other finding", is 1 or -1 (including when nothing is mentioned), else None (blank, as CheXpert writes it;
+   the CE metrics count blank and 0 alike).
 
 Phrase syntax (all files): one lowercase phrase per line, `#` comments; `word*` matches any word starting
 with `word`; `...` matches up to 3 words within the sentence; hyphens and slashes count as spaces; matches
 are whole words only.
 
 Decisions (see the phrase files for the full lists):
+- Phrases match whole words (`word*` for a prefix), where CheXpert matches raw substrings ("tube" inside
+  "tuberculosis", "plate" inside "endplate", "mass" inside "massive"); CheXpert's stems become `stem*`.
 - "The lungs are clear" mentions nothing (no Lung Opacity 0): it names no observation. CE metrics count
   only 1 as positive, so 0 versus blank never changes them; only 1 and -1 matter (the latter via No Finding).
-- Calcified granulomas and nodules are Lung Lesion (as CheXpert); "granulomatous disease" alone is not.
+- Lung Lesion is CheXpert's list (mass, nodule, nodular density/opacity, lump, cavitary lesion, carcinoma,
+  neoplasm, tumor); a (calcified) granuloma or a calcified nodule is an "other finding": no label, no No Finding.
 - Cardiomediastinal/mediastinal silhouettes label Enlarged Cardiomediastinum; heart/cardiac ones label
-  Cardiomegaly. Aortic tortuosity or calcification labels nothing.
-- Support Devices are lines, tubes, catheters, drains, pacemakers and leads; sternotomy wires, surgical
-  clips, stents and other postoperative hardware are not.
-- Degenerative spine changes, emphysema, hyperinflation and hernias are not among the 14: no label.
+  Cardiomegaly. Aortic tortuosity labels nothing (nor does it in CheXpert); calcification is an other finding.
+- Support Devices: lines, tubes, catheters, drains, pacemakers, leads, devices and orthopedic hardware (as
+  CheXpert); sternotomy wires, surgical clips and stents are not (nor are they in CheXpert's list).
 - "xxxx" (IU-Xray de-identification) is an ordinary word to the rules.
 - Punctuation never breaks a scope: R2Gen cleaning deletes commas and semicolons, and the labels of a
   cleaned report should equal those of its raw text.
@@ -53,10 +67,15 @@ from r2g.labels import CHEXPERT_LABELS, NEGATIVE, POSITIVE, UNCERTAIN
 
 PHRASES_DIR = Path(__file__).parent / "phrases"
 OBSERVATIONS = tuple(label for label in CHEXPERT_LABELS if label != "No Finding")
+# CheXpert's label-less 15th observation: its positive or uncertain mentions only stop No Finding.
+OTHER_FINDINGS = "Other Findings"
+MENTIONED = (*OBSERVATIONS, OTHER_FINDINGS)
 # Labels that do not stop No Finding from being 1.
 NOT_A_FINDING = ("Support Devices",)
 # How far back a post-trigger ("... is not seen") reaches, in words.
 POST_SCOPE_WORDS = 6
+# How far "or" / "and/or" reach either way, in words: its conjuncts ("pneumothorax or large pleural effusion").
+CONJUNCT_WORDS = 3
 # How far a qualifier before a structure reaches ("normal heart size and mediastinal contours": 3 words),
 # and up to where it counts as adjacent, winning over one after ("normal heart size with increased markings").
 PRE_QUALIFIER_WORDS = 3
@@ -73,9 +92,13 @@ _TRIGGER_FILES = {
     "uncertainty_pre": (UNCERTAIN, "pre"),
     "uncertainty_post": (UNCERTAIN, "post"),
     "uncertainty_evidence": (UNCERTAIN, "pre"),
+    "uncertainty_after_negation": (UNCERTAIN, "both"),
     "pseudo_triggers": (None, None),
 }
-_QUALIFIER_FILES = {"qualifier_normal": NEGATIVE, "qualifier_borderline": UNCERTAIN, "qualifier_enlarged": POSITIVE}
+_QUALIFIER_FILES = {"qualifier_normal": NEGATIVE, "qualifier_borderline": UNCERTAIN, "qualifier_enlarged": POSITIVE,
+                    "qualifier_unchanged": UNCERTAIN}
+# Applies to a structure only when no other qualifier does (CheXpert: negation patterns before uncertainty).
+_FALLBACK_QUALIFIER = "qualifier_unchanged"
 
 
 def slug(label: str) -> str:
@@ -158,9 +181,10 @@ class _Rules:
     """All phrase lists, compiled once."""
 
     def __init__(self) -> None:
-        self.findings = {label: _compile(_read_phrases(f"mention_{slug(label)}")) for label in OBSERVATIONS}
+        self.findings = {label: _compile(_read_phrases(f"mention_{slug(label)}")) for label in MENTIONED}
+        self.hedged = {label: _compile(_read_phrases(f"uncertain_{slug(label)}")) for label in MENTIONED}
         self.anatomy = {label: _compile(_read_phrases(f"anatomy_{slug(label)}")) for label in OBSERVATIONS}
-        self.unmentions = {label: _compile(_read_phrases(f"unmention_{slug(label)}")) for label in OBSERVATIONS}
+        self.unmentions = {label: _compile(_read_phrases(f"unmention_{slug(label)}")) for label in MENTIONED}
         self.triggers = {name: _compile(_read_phrases(name)) for name in _TRIGGER_FILES}
         self.qualifiers = {name: _compile(_read_phrases(name)) for name in _QUALIFIER_FILES}
         self.breakers = _compile(_read_phrases("scope_breakers"))
@@ -183,8 +207,9 @@ class _Report:
         found = [m for name, p in rules.triggers.items() for m in _find(p, self.text, name)]
         self.triggers = [m for m in _drop_contained(found) if m.kind != "pseudo_triggers"]
         self.negations = [m for m in self.triggers if m.kind == "negation_pre"]
-        found = [m for name, p in rules.qualifiers.items() for m in _find(p, self.text, name)]
-        self.qualifiers = _drop_contained(found)
+        found = _drop_contained([m for name, p in rules.qualifiers.items() for m in _find(p, self.text, name)])
+        self.qualifiers = [q for q in found if q.kind != _FALLBACK_QUALIFIER]
+        self.fallback_qualifiers = [q for q in found if q.kind == _FALLBACK_QUALIFIER]
         self.word_starts = [m.start() for m in _WORD_RE.finditer(self.text)]
 
     def sentence(self, pos: int) -> int:
@@ -202,17 +227,25 @@ class _Report:
 
     def covers(self, trigger: _Match, start: int, end: int) -> bool:
         """Whether a trigger's scope reaches the span [start, end)."""
-        if _TRIGGER_FILES[trigger.kind][1] == "pre":
+        direction = _TRIGGER_FILES[trigger.kind][1]
+        if direction == "both":  # a conjunction: only its neighbours
+            if trigger.end <= start:
+                return self.same_clause(trigger.end, start) and self.words_between(trigger.end, start) <= CONJUNCT_WORDS
+            return (end <= trigger.start and self.same_clause(start, trigger.start)
+                    and self.words_between(end, trigger.start) <= CONJUNCT_WORDS)
+        if direction == "pre":
             return trigger.end <= start and self.same_clause(trigger.end, start)
         return (end <= trigger.start and self.same_clause(start, trigger.start)
                 and self.words_between(end, trigger.start) <= POST_SCOPE_WORDS)
 
     def status(self, start: int, end: int) -> tuple[int, str | None]:
         """Status of a finding at [start, end): the nearest covering trigger decides; none -> positive."""
+        covering = [t for t in self.triggers if self.covers(t, start, end)]
+        negated = any(_TRIGGER_FILES[t.kind][0] == NEGATIVE for t in covering)
         best, best_gap = None, None
-        for t in self.triggers:
-            if not self.covers(t, start, end):
-                continue
+        for t in covering:
+            if t.kind == "uncertainty_after_negation" and negated:
+                continue  # "no effusion or pneumothorax": the negation wins
             if t.kind == "uncertainty_evidence" and any(self.covers(n, t.start, t.end) for n in self.negations):
                 continue  # "no opacity to suggest pneumonia": the negation reaches through
             gap = start - t.end if t.start < start else t.start - end
@@ -223,35 +256,48 @@ class _Report:
             return POSITIVE, None
         return _TRIGGER_FILES[best.kind][0], best.text
 
-    def following_qualifier(self, start: int, end: int) -> _Match | None:
+    def following_qualifier(self, qualifiers: list[_Match], start: int, end: int) -> _Match | None:
         """The first qualifier after [start, end) in its clause: "heart size is mildly enlarged"."""
-        for q in self.qualifiers:
+        for q in qualifiers:
             if q.start >= end:
                 return q if self.same_clause(end, q.start) else None
         return None
 
-    def preceding_qualifier(self, start: int) -> _Match | None:
+    def preceding_qualifier(self, qualifiers: list[_Match], start: int) -> _Match | None:
         """The last qualifier before `start` in its clause, at most PRE_QUALIFIER_WORDS words away."""
-        before = [q for q in self.qualifiers if q.end <= start]
+        before = [q for q in qualifiers if q.end <= start]
         if before and self.same_clause(before[-1].end, start):
             if self.words_between(before[-1].end, start) <= PRE_QUALIFIER_WORDS:
                 return before[-1]
         return None
 
     def assign_qualifiers(self, spans: list[tuple[int, int]]) -> list[_Match | None]:
+        """The qualifier of each anatomy span: a normal/borderline/enlarged one if its clause has one, else a
+        stable/unchanged one ("heart size is normal and stable" is normal), else None."""
+        chosen = self._assign(self.qualifiers, spans)
+        rest = [i for i, q in enumerate(chosen) if q is None]
+        for i, q in zip(rest, self._assign(self.fallback_qualifiers, [spans[i] for i in rest])):
+            chosen[i] = q
+        return chosen
+
+    def _assign(self, qualifiers: list[_Match], spans: list[tuple[int, int]]) -> list[_Match | None]:
         """The qualifier of each anatomy span, or None when its clause gives no size or normality.
 
         A structure takes the qualifier right before it ("normal heart size", "enlargement of the heart"),
         else the next one after it ("heart and mediastinum normal"), else one a few words before it
         ("normal heart size and mediastinal contours"). A qualifier that follows another structure belongs to
         that one: in "heart size mildly enlarged stable mediastinal contours" (cleaned text has no commas)
-        the mediastinum is not enlarged.
+        the mediastinum is not enlarged; but one that touches a structure with no qualifier after it belongs
+        to that one: in "stable cardiomediastinal silhouette with normal heart size" the silhouette is not normal.
         """
-        following = [self.following_qualifier(s, e) for s, e in spans]
+        preceding = [self.preceding_qualifier(qualifiers, s) for s, _ in spans]
+        following = [self.following_qualifier(qualifiers, s, e) for s, e in spans]
+        touching = {before for before, after, (s, _) in zip(preceding, following, spans)
+                    if before is not None and after is None and self.words_between(before.end, s) == 0}
+        following = [None if after in touching else after for after in following]
         claimed = {q for q in following if q is not None}
         chosen = []
-        for (start, _), after in zip(spans, following):
-            before = self.preceding_qualifier(start)
+        for before, after, (start, _) in zip(preceding, following, spans):
             if before in claimed:
                 before = None
             adjacent = before is not None and self.words_between(before.end, start) <= ADJACENT_WORDS
@@ -272,10 +318,15 @@ def mentions(text: str) -> list[Mention]:
     rules = _rules()
     report = _Report(text, rules)
     found = []
-    for label in OBSERVATIONS:
+    for label in MENTIONED:
         unmention = rules.unmentions[label]
         for m in _spans(rules.findings[label], unmention, report.text):
             status, cue = report.status(m.start(), m.end())
+            found.append(Mention(label, m.group(), m.start(), m.end(), report.sentence(m.start()), status, cue))
+        for m in _spans(rules.hedged[label], unmention, report.text):
+            status, cue = report.status(m.start(), m.end())
+            if status == POSITIVE:
+                status, cue = UNCERTAIN, f"uncertain_{slug(label)}.txt"
             found.append(Mention(label, m.group(), m.start(), m.end(), report.sentence(m.start()), status, cue))
     # Structures of all labels at once: a qualifier claimed by one structure is not another's.
     anatomy = [(label, m) for label in OBSERVATIONS
@@ -296,10 +347,10 @@ def mentions(text: str) -> list[Mention]:
 def aggregate(found: list[Mention]) -> dict[str, int | None]:
     """Per-report labels from mentions: 1 > -1 > 0 > None per observation, then the No Finding rule."""
     labels: dict[str, int | None] = {}
-    for label in OBSERVATIONS:
+    for label in MENTIONED:
         statuses = {m.status for m in found if m.label == label}
         labels[label] = next((s for s in (POSITIVE, UNCERTAIN, NEGATIVE) if s in statuses), None)
-    abnormal = any(labels[label] in (POSITIVE, UNCERTAIN) for label in OBSERVATIONS if label not in NOT_A_FINDING)
+    abnormal = any(labels[label] in (POSITIVE, UNCERTAIN) for label in MENTIONED if label not in NOT_A_FINDING)
     labels["No Finding"] = None if abnormal else POSITIVE
     return {label: labels[label] for label in CHEXPERT_LABELS}
 
