@@ -39,6 +39,8 @@ class DataConfig:
     workers: int = 2
     augment: bool = False  # light train-time augmentation (small affine + brightness/contrast)
     blank_images: bool = False  # ablation: every view becomes zeros, to measure what the images contribute
+    group_by_length: bool = True  # train micro-batches of similar report length, seeded: less padding through the LLM
+    skip_damaged_shards: bool = False  # read on past shards damaged after sharding, counting the samples lost
 
 
 @dataclass(frozen=True)

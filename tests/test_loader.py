@@ -1,5 +1,6 @@
 """Loader: batch layout, exactly-once coverage across ranks × workers, shuffling, bad shard folders."""
 
+import dataclasses
 import json
 from collections import Counter
 
@@ -117,3 +118,147 @@ def test_loader_workers_tokenize_with_the_given_encoder(shards):
     for batch in batches:
         assert batch["text"]["n_views"].item() == batch["view_mask"].shape[1]
         assert batch["text"]["lengths"].tolist() == [len(r) for r in batch["reports"]]
+
+
+# ------------------------------------------------------------------------------ shards damaged after sharding
+def _damaged_copy(shards, tmp_path, damage) -> "Path":
+    """A copy of the shard folder with `damage(path)` applied to train-000001.tar (studies s0003..s0005)."""
+    import shutil
+
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    damage(copy / "train-000001.tar")
+    return copy
+
+
+def _cut_in_half(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _break_second_header(path):
+    """Same size, corrupt header of the second sample's first member: tarfile ends the archive there quietly."""
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        offset = next(m.offset for m in tar.getmembers() if m.name.startswith("s0004."))
+    data = bytearray(path.read_bytes())
+    data[offset + 3] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _iterate(shards, cfg=CFG, workers=0, train=True):
+    loader, _, n = make_loader(shards, "train", cfg, batch_size=4, train=train, workers=workers)
+    return [b for b in loader], n
+
+
+def test_a_shard_cut_in_half_stops_the_loader_naming_it(shards, tmp_path):
+    damaged = _damaged_copy(shards, tmp_path, _cut_in_half)
+    with pytest.raises(R2GError) as e:
+        make_loader(damaged, "train", CFG, batch_size=4, train=True)
+    msg = str(e.value)
+    assert f"{damaged / 'train-000001.tar'}: 1 of 3 samples readable" in msg
+    assert f"r2g shard verify {damaged}" in msg and "--skip-damaged-shards" in msg
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_shard_that_ends_early_in_the_stream_stops_iteration_naming_it(shards, tmp_path, workers):
+    """Same byte size, so only the per-shard count as it streams can tell; from a worker process the error
+    keeps its own message (not the worker's traceback)."""
+    damaged = _damaged_copy(shards, tmp_path, _break_second_header)
+    with pytest.raises(R2GError) as e:
+        _iterate(damaged, workers=workers)
+    msg = str(e.value)
+    assert msg.startswith(f"{damaged / 'train-000001.tar'}: damaged shard, 1 of 3 samples readable")
+    assert "r2g shard verify" in msg and "Traceback" not in msg
+
+
+def test_skip_damaged_shards_reads_the_rest_and_counts_the_loss(shards, tmp_path):
+    from r2g.data.loader import LostSamples, split_shards
+
+    skip = dataclasses.replace(CFG, skip_damaged_shards=True)
+    cut = _damaged_copy(shards, tmp_path / "cut", _cut_in_half)
+    checked = split_shards(cut, "train", skip_damaged=True)
+    assert checked.lost == [{"shard": str(cut / "train-000001.tar"), "expected": 3, "read": 1}]
+    assert checked.lost_samples == 2 and LostSamples(checked).count == 2
+    batches, n = _iterate(cut, skip)
+    ids = sorted(i for b in batches for i in b["ids"])
+    assert n == 21 and ids == sorted({f"s{i:04d}" for i in range(23)} - {"s0004", "s0005"})
+    assert not any("lost" in b for b in batches)  # known at start: nothing new in the stream
+
+    header = _damaged_copy(shards, tmp_path / "header", _break_second_header)
+    with pytest.warns(UserWarning, match="damaged shard, 1 of 3 samples readable"):
+        batches, n = _iterate(header, skip)
+    assert n == 23 and sum(len(b["ids"]) for b in batches) == 21
+    records = [r for b in batches for r in b.get("lost", [])]
+    assert records == [{"shard": str(header / "train-000001.tar"), "expected": 3, "read": 1}]
+    lost = LostSamples(split_shards(header, "train", skip_damaged=True))
+    assert [lost.note(r) is not None for r in records * 2] == [True, False] and lost.count == 2  # once per damage
+
+
+def test_an_undecodable_sample_stops_or_is_counted(shards, tmp_path):
+    import tarfile
+
+    def spoil_image(path):  # same size, the PNG signature of s0003's first view overwritten
+        with tarfile.open(path) as tar:
+            offset = next(m.offset_data for m in tar.getmembers() if m.name == "s0003.0.png")
+        data = bytearray(path.read_bytes())
+        data[offset : offset + 8] = b"garbage!"
+        path.write_bytes(bytes(data))
+
+    damaged = _damaged_copy(shards, tmp_path, spoil_image)
+    with pytest.raises(R2GError, match=r"train-000001.tar: sample s0003 does not decode"):
+        _iterate(damaged, train=False)
+    with pytest.warns(UserWarning, match="sample s0003 does not decode"):
+        batches, _ = _iterate(damaged, dataclasses.replace(CFG, skip_damaged_shards=True), train=False)
+    assert "s0003" not in [i for b in batches for i in b["ids"]]
+    assert [r["key"] for b in batches for r in b.get("lost", [])] == ["s0003"]
+
+
+# ------------------------------------------------------------------------------ length-grouped batches
+@pytest.fixture(scope="module")
+def varied(tmp_path_factory):
+    """48 train studies whose reports run from 2 to 60 words, in shards of 6."""
+    import random
+
+    root = tmp_path_factory.mktemp("varied")
+    raw = write_raw_dataset(root / "raw", per_split=(48, 0, 0), size=8)
+    ann = json.loads(raw.read_text())
+    rng = random.Random(0)
+    for entry in ann["train"]:
+        entry["report"] = " ".join(["clear"] * rng.randint(2, 60)) + "."
+    raw.write_text(json.dumps(ann))
+    shard_dataset(raw, raw.parent / "images", root / "shards", ShardOptions("iu_xray", shard_size=6))
+    return root / "shards"
+
+
+GROUPED = dataclasses.replace(CFG, image_size=16, shuffle_buffer=16, group_by_length=True)
+PLAIN = dataclasses.replace(GROUPED, group_by_length=False)
+
+
+def _batches(shards, cfg, epoch=0, rank=0, world=1, workers=0):
+    loader, pipeline, _ = make_loader(shards, "train", cfg, batch_size=4, train=True, rank=rank, world=world,
+                                      workers=workers)
+    pipeline.set_epoch(epoch)
+    return [(b["ids"], [len(r.split()) for r in b["reports"]]) for b in loader]
+
+
+def _padding_share(batches) -> float:
+    """Padded slots over all slots when each batch pads its reports to its longest (in words)."""
+    padded = sum(max(lengths) * len(lengths) for _, lengths in batches)
+    return 1 - sum(sum(lengths) for _, lengths in batches) / padded
+
+
+def test_grouped_batches_hold_every_sample_once_across_2_ranks_x_2_workers(varied):
+    seen = Counter(i for rank in range(2) for ids, _ in _batches(varied, GROUPED, 3, rank, 2, 2) for i in ids)
+    assert sorted(seen) == [f"s{i:04d}" for i in range(48)] and set(seen.values()) == {1}
+
+
+def test_grouping_is_reproducible_per_epoch_and_cuts_the_padding(varied):
+    e0 = _batches(varied, GROUPED, epoch=0)
+    assert e0 == _batches(varied, GROUPED, epoch=0)  # same seed and epoch: same batches (resume)
+    assert [ids for ids, _ in e0] != [ids for ids, _ in _batches(varied, GROUPED, epoch=1)]
+    plain = _batches(varied, PLAIN, epoch=0)
+    assert sorted(i for ids, _ in e0 for i in ids) == sorted(i for ids, _ in plain for i in ids)
+    assert _padding_share(e0) < 0.5 * _padding_share(plain)
+    # each batch is a run of the sorted buffer, so it spans a small part of the 2..60 word range
+    assert max(max(lengths) - min(lengths) for _, lengths in e0) < 30

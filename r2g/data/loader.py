@@ -1,11 +1,21 @@
 """Shard folder + split → batches of studies, as a WebDataset pipeline of small named stages.
 
-    shard list ─ shuffle shards (train; same order on every rank) ─ split by worker ─ read tar samples
-      ─ split by rank (every world-th sample) ─ shuffle buffer (train) ─ decode ─ to tensors ─ batch
+    shard list ─ shuffle shards (train; same order on every rank) ─ split by worker ─ read shards (counted
+      against the manifest) ─ split by rank (every world-th sample) ─ shuffle buffer (train) ─ group by report
+      length (train, `group_by_length`) ─ decode ─ to tensors ─ batch
 
 Why split ranks per sample rather than per shard: every rank then sees the same number of samples to
 within the worker count, whatever the shard count, and every sample is seen exactly once per epoch across
 ranks × workers. Each rank reads every shard's bytes for that (cheap next to the Swin + LLM step).
+
+Nothing is lost silently. A shard damaged after sharding (cut short, overwritten) yields fewer samples than
+manifest.json says: the start-up check compares file sizes with the manifest, and every shard's samples are
+counted as they stream. Either stops with an R2GError naming the shard, or, with `skip_damaged_shards`, reads
+what is readable, warns, and counts the samples lost (`SplitShards.lost` at start, `batch["lost"]` in the stream).
+
+Length grouping: every padded report token costs a pass through the frozen LLM, so the train stream sorts each
+shuffle-buffer's worth of samples by report length, cuts it into micro-batches and shuffles those (seeded by
+seed, epoch, rank and worker): batches of similar lengths, in an order that a resumed run reproduces.
 
 A batch is a dict:
     ids        list[str]               study ids
@@ -13,35 +23,107 @@ A batch is a dict:
     view_mask  (B, V) bool             True where a real view sits
     reports    list[str]               cleaned reports
     labels     list[dict | None]       CheXpert labels when the annotation had them
+    lost       list[dict]              only with skip_damaged_shards, once per damage met in the stream:
+                                       {shard, expected, read} or {shard, key, error} (an undecodable sample)
 """
 
 from __future__ import annotations
 
+import json
 import random
+import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import webdataset as wds
 
 from r2g.config import DataConfig
-from r2g.data.shard import read_manifest
+from r2g.data.shard import read_manifest, read_shard
 from r2g.data.transforms import image_transform, to_rgb_tensor
 from r2g.errors import R2GError
 
 
-def shard_paths(shards: str | Path, split: str) -> tuple[list[str], int]:
-    """(paths of the split's shards, number of samples), from the folder's manifest."""
+_FIX = "re-shard (the same `r2g shard` command rewrites damaged shards) or run `r2g shard verify {root}` to check every shard"
+
+
+@dataclass(frozen=True)
+class SplitShards:
+    """The shards of one split, checked at start against the manifest."""
+
+    paths: list[str]
+    expected: dict[str, int]  # path -> samples to read: the manifest's count, or what is readable of a damaged shard
+    samples: int  # sum of `expected`
+    lost: list[dict] = field(default_factory=list)  # damaged shards read on past: {shard, expected, read}
+
+    @property
+    def lost_samples(self) -> int:
+        return sum(d["expected"] - d["read"] for d in self.lost)
+
+
+def split_shards(shards: str | Path, split: str, skip_damaged: bool = False) -> SplitShards:
+    """The split's shards from the folder's manifest. A shard whose size differs from the manifest's (cut short
+    or overwritten after sharding) stops with an error naming it, unless `skip_damaged`: then what is readable of
+    it is read and the rest is counted in `lost`. Sizes are cheap to compare; a full checksum pass is
+    `r2g shard verify` (manifests written before sizes were recorded rely on the stream count alone)."""
     manifest = read_manifest(shards)
     if split not in manifest["splits"] or not manifest["splits"][split]["shards"]:
         have = ", ".join(s for s, v in manifest["splits"].items() if v["shards"]) or "none"
         raise R2GError(f"{Path(shards) / 'manifest.json'}: no '{split}' shards (splits present: {have}); re-shard with that split")
-    entry = manifest["splits"][split]
-    paths = [str(Path(shards) / s["name"]) for s in entry["shards"]]
+    entries = manifest["splits"][split]["shards"]
+    paths = [str(Path(shards) / s["name"]) for s in entries]
     missing = [p for p in paths if not Path(p).is_file()]
-    if missing:
-        raise R2GError(f"{missing[0]}: listed in manifest.json but missing ({len(missing)} missing); re-run `r2g shard`")
-    return paths, entry["samples"]
+    if missing and not skip_damaged:
+        raise R2GError(f"{missing[0]}: listed in manifest.json but missing ({len(missing)} missing); "
+                       f"{_FIX.format(root=shards)}")
+    expected, lost = {}, []
+    for path, entry in zip(paths, entries):
+        size = Path(path).stat().st_size if path not in missing else -1
+        readable = entry["samples"]
+        if size != entry.get("bytes", size):
+            readable = 0 if size < 0 else sum(1 for _ in read_shard(path))
+            lost.append({"shard": path, "expected": entry["samples"], "read": readable})
+        if readable:
+            expected[path] = readable
+    if lost and not skip_damaged:
+        listed = "; ".join(f"{d['shard']}: {d['read']} of {d['expected']} samples readable" for d in lost)
+        raise R2GError(f"{len(lost)} shard(s) changed since sharding (size differs from manifest.json): {listed}. "
+                       f"{_FIX.format(root=shards)}; or pass --skip-damaged-shards to read on without the lost samples")
+    return SplitShards(list(expected), expected, sum(expected.values()), lost)
+
+
+class LostSamples:
+    """Samples of a split that could not be read (skip_damaged_shards), for the run's log and metrics: the
+    start-up check's, then those the stream reports in `batch["lost"]`, each damage counted once however many
+    epochs meet it. Every rank reads every shard, so rank 0 sees every short shard; an undecodable sample is
+    seen only by the rank that reads it."""
+
+    def __init__(self, checked: SplitShards):
+        self.seen: dict[tuple[str, str | None], int] = {}
+        self.notes = [n for d in checked.lost if (n := self.note(d))]
+
+    def note(self, record: dict) -> str | None:
+        """The warning for a damage not seen before, else None."""
+        key = (record["shard"], record.get("key"))
+        if key in self.seen:
+            return None
+        if "key" in record:
+            self.seen[key] = 1
+            return f"{record['shard']}: sample {record['key']} does not decode; skipped (--skip-damaged-shards)"
+        self.seen[key] = record["expected"] - record["read"]
+        return (f"{record['shard']}: damaged, {record['read']} of {record['expected']} samples readable; "
+                f"the rest skipped (--skip-damaged-shards)")
+
+    @property
+    def count(self) -> int:
+        return sum(self.seen.values())
+
+
+def shard_paths(shards: str | Path, split: str, skip_damaged: bool = False) -> tuple[list[str], int]:
+    """(paths of the split's shards, number of samples), checked as `split_shards` checks them."""
+    checked = split_shards(shards, split, skip_damaged)
+    return checked.paths, checked.samples
 
 
 class ShardList(wds.PipelineStage):
@@ -70,10 +152,102 @@ class ShuffleBuffer(wds.PipelineStage):
         self.shard_list, self.bufsize, self.seed, self.rank = shard_list, bufsize, seed, rank
 
     def run(self, samples: Iterator[dict]) -> Iterator[dict]:
-        info = torch.utils.data.get_worker_info()
-        worker = info.id if info is not None else 0
-        rng = random.Random(f"{self.seed}/{self.shard_list.epoch}/{self.rank}/{worker}")
+        rng = random.Random(f"{self.seed}/{self.shard_list.epoch}/{self.rank}/{_worker()}")
         yield from wds.shuffle(self.bufsize, initial=min(self.bufsize, 100), rng=rng)(samples)
+
+
+def report_words(sample: dict) -> int:
+    """A raw sample's report length in words: a tokenizer-free proxy for its token count."""
+    return len(json.loads(sample["json"])["report"].split())
+
+
+class GroupByLength(wds.PipelineStage):
+    """Each run of `pool` samples (a multiple of the batch size) → sorted by report length, cut into batches,
+    the full batches shuffled by an rng seeded like `ShuffleBuffer`'s. A permutation of the stream, so every
+    sample still comes once; a batch then pads its reports to a similar length. A short last batch stays last,
+    so the downstream `batched` cuts exactly these groups."""
+
+    def __init__(self, shard_list: ShardList, batch_size: int, pool: int, seed: int, rank: int):
+        self.shard_list, self.batch_size, self.seed, self.rank = shard_list, batch_size, seed, rank
+        self.pool = max(1, pool // batch_size) * batch_size
+
+    def run(self, samples: Iterator[dict]) -> Iterator[dict]:
+        rng = random.Random(f"length/{self.seed}/{self.shard_list.epoch}/{self.rank}/{_worker()}")
+        chunk: list[dict] = []
+        for sample in samples:
+            chunk.append(sample)
+            if len(chunk) == self.pool:
+                yield from self._grouped(chunk, rng)
+                chunk = []
+        yield from self._grouped(chunk, rng)
+
+    def _grouped(self, chunk: list[dict], rng: random.Random) -> Iterator[dict]:
+        chunk = sorted(chunk, key=report_words)  # stable: equal lengths keep their shuffled order
+        batches = [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        short = [batches.pop()] if batches and len(batches[-1]) < self.batch_size else []
+        rng.shuffle(batches)
+        for batch in batches + short:
+            yield from batch
+
+
+def _worker() -> int:
+    info = torch.utils.data.get_worker_info()
+    return info.id if info is not None else 0
+
+
+class Damage:
+    """What a damaged shard does to the stream: stop with an R2GError naming it, or (skip) warn and keep a
+    record that `Collate` hands on with the next batch, so the training loop can count the samples lost.
+    One object shared by the stages of a worker's pipeline copy."""
+
+    def __init__(self, root: str | Path, skip: bool):
+        self.root, self.skip, self.pending = root, skip, []
+
+    def __call__(self, record: dict, message: str) -> None:
+        if not self.skip:
+            raise R2GError(f"{message}; {_FIX.format(root=self.root)}; or pass --skip-damaged-shards to read on "
+                           "without the lost samples")
+        warnings.warn(f"{message}; skipped (skip_damaged_shards)", stacklevel=2)
+        self.pending.append(record)
+
+    def take(self) -> list[dict]:
+        records, self.pending = self.pending, []
+        return records
+
+
+class ReadShards(wds.PipelineStage):
+    """This worker's shards → their samples (raw bytes), each shard's count checked against `expected`: a
+    shard that ends early was damaged after sharding (the tar reader stops quietly at a corrupt header)."""
+
+    def __init__(self, expected: dict[str, int], damage: Damage):
+        self.expected, self.damage = expected, damage
+
+    def run(self, shards: Iterator[dict]) -> Iterator[dict]:
+        for item in shards:
+            path, read = item["url"], 0
+            for sample in read_shard(path):
+                read += 1
+                yield sample
+            if read != self.expected[path]:
+                self.damage({"shard": path, "expected": self.expected[path], "read": read},
+                            f"{path}: damaged shard, {read} of {self.expected[path]} samples readable (manifest.json)")
+
+
+class Decode(wds.PipelineStage):
+    """webdataset's PIL decoding, with the shard and sample named when one does not decode."""
+
+    def __init__(self, damage: Damage):
+        self.decoder, self.damage = wds.autodecode.Decoder([wds.autodecode.imagehandler("pil")]), damage
+
+    def run(self, samples: Iterator[dict]) -> Iterator[dict]:
+        for sample in samples:
+            try:
+                decoded = self.decoder(sample)
+            except Exception as e:  # any decoder failure means damaged bytes
+                self.damage({"shard": sample["__url__"], "key": sample["__key__"], "error": repr(e)},
+                            f"{sample['__url__']}: sample {sample['__key__']} does not decode ({e})")
+                continue
+            yield decoded
 
 
 class SplitByRank(wds.PipelineStage):
@@ -107,9 +281,11 @@ class Collate:
     """Studies → one batch dict (see module doc); keeps at most `max_views` views per study, in order.
     With `encode_reports` (reports, views per study) -> tensors, the batch also carries them as "text"."""
 
-    def __init__(self, max_views: int, encode_reports: Callable[[list[str], int], dict] | None = None):
+    def __init__(self, max_views: int, encode_reports: Callable[[list[str], int], dict] | None = None,
+                 damage: Damage | None = None):
         self.max_views = max_views
         self.encode_reports = encode_reports
+        self.damage = damage
 
     def __call__(self, studies: list[dict]) -> dict:
         n_views = min(self.max_views, max(len(s["views"]) for s in studies))
@@ -129,16 +305,9 @@ class Collate:
         }
         if self.encode_reports is not None:
             batch["text"] = self.encode_reports(batch["reports"], n_views)
+        if self.damage is not None and self.damage.pending:
+            batch["lost"] = self.damage.take()
         return batch
-
-
-def _log_and_continue(exn: Exception) -> bool:
-    # A corrupt tar member should not kill a multi-hour run: warn and go on (shards are checksummed,
-    # so this only happens to files damaged after sharding).
-    import warnings
-
-    warnings.warn(f"skipping a sample that could not be read: {exn!r}")
-    return True
 
 
 def build_pipeline(
@@ -154,24 +323,33 @@ def build_pipeline(
 ) -> tuple[wds.DataPipeline, int]:
     """(pipeline yielding batches, samples in the split). Call `pipeline.set_epoch(e)` before each epoch.
     `encode_reports`: see `Collate`."""
-    paths, n_samples = shard_paths(shards, split)
-    shard_list = ShardList(paths, shuffle=train, seed=seed)
-    stages = [
-        shard_list,
-        wds.split_by_worker,
-        wds.tarfile_to_samples(handler=_log_and_continue),
-        SplitByRank(rank, world),
-    ]
+    checked = split_shards(shards, split, cfg.skip_damaged_shards)
+    damage = Damage(shards, cfg.skip_damaged_shards)
+    shard_list = ShardList(checked.paths, shuffle=train, seed=seed)
+    stages = [shard_list, wds.split_by_worker, ReadShards(checked.expected, damage), SplitByRank(rank, world)]
     if train:
         stages.append(ShuffleBuffer(shard_list, cfg.shuffle_buffer, seed, rank))
+        if cfg.group_by_length:
+            stages.append(GroupByLength(shard_list, batch_size, cfg.shuffle_buffer, seed, rank))
     stages += [
-        wds.decode("pil", handler=_log_and_continue),
+        Decode(damage),
         wds.map(ToStudy(cfg.image_size, cfg.augment and train, cfg.blank_images)),
-        wds.batched(batch_size, collation_fn=Collate(cfg.max_views, encode_reports), partial=True),
+        wds.batched(batch_size, collation_fn=Collate(cfg.max_views, encode_reports, damage), partial=True),
     ]
     pipeline = wds.DataPipeline(*stages)
     pipeline.set_epoch = shard_list.set_epoch  # one handle for the training loop
-    return pipeline, n_samples
+    return pipeline, checked.samples
+
+
+class Loader(torch.utils.data.DataLoader):
+    """A DataLoader whose workers' R2GErrors reach the caller with their own message: PyTorch re-raises a
+    worker's exception with the worker's traceback as its message, which the CLI would print whole."""
+
+    def __iter__(self):
+        try:
+            yield from super().__iter__()
+        except R2GError as e:
+            raise R2GError(str(e).partition(f"\n{R2GError.__module__}.{R2GError.__name__}: ")[2].strip() or str(e)) from None
 
 
 def make_loader(
@@ -192,7 +370,7 @@ def make_loader(
     workers = cfg.workers if workers is None else workers
     # Its own generator: a DataLoader iterator otherwise draws its base seed from the global torch RNG,
     # which would shift dropout masks in a resumed run against the uninterrupted one.
-    loader = torch.utils.data.DataLoader(
+    loader = Loader(
         pipeline, batch_size=None, num_workers=workers, persistent_workers=False,
         generator=torch.Generator().manual_seed(seed), pin_memory=torch.cuda.is_available(),
     )
