@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from peft import LoraConfig, get_peft_model
+from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_LORA_TARGETS
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.integrations import deepspeed_config, is_deepspeed_zero3_enabled
 
@@ -25,7 +26,6 @@ from r2g.model.zero3_load import load_partitioned
 LLM_HINT = (
     "--llm must be a local Hugging Face folder with config.json and tokenizer files, e.g. /models/Llama-2-7b-chat-hf"
 )
-LORA_TARGETS = ["q_proj", "v_proj"]  # Llama / Mistral / Qwen names for the query and value projections
 # config.json keys that say where or with which library version a model was saved, not what it is.
 _VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version")
 
@@ -77,18 +77,29 @@ def config_hash(path: str | Path) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def add_llm_lora(llm: nn.Module, cfg: ModelConfig) -> nn.Module:
-    """LoRA (peft) on the LLM's query and value projections; returns the peft-wrapped model, in which only
-    the LoRA weights train."""
+def lora_targets(llm: PreTrainedModel) -> list[str]:
+    """Names of the attention projections LoRA adapts in this LLM family: peft's own per-architecture table
+    (keyed by config.json's model_type), which gives the query and value projections, q_proj and v_proj for
+    Llama, Llama-3, Mistral and Qwen2 (c_attn for GPT-2, ...)."""
+    model_type = llm.config.model_type
+    if model_type not in PEFT_LORA_TARGETS:
+        raise R2GError(f"--llm-lora: peft has no LoRA target modules for model_type '{model_type}' (config.json); "
+                       "train without --llm-lora")
+    return list(PEFT_LORA_TARGETS[model_type])
+
+
+def add_llm_lora(llm: PreTrainedModel, cfg: ModelConfig) -> nn.Module:
+    """LoRA (peft) on the LLM's query and value projections (`lora_targets`); returns the peft-wrapped model,
+    in which only the LoRA weights train. A projection with a bias (Qwen2's q/k/v) keeps it, frozen."""
+    targets = lora_targets(llm)
     lora = LoraConfig(
         r=cfg.llm_lora_r,
         lora_alpha=cfg.llm_lora_alpha,
         lora_dropout=cfg.lora_dropout,
-        target_modules=LORA_TARGETS,
+        target_modules=targets,
         task_type="CAUSAL_LM",
     )
     try:
         return get_peft_model(llm, lora)
     except ValueError as e:  # peft: target modules not found
-        raise R2GError(f"model.llm_lora: this LLM has no {LORA_TARGETS} layers to adapt ({e}); "
-                       "turn llm_lora off") from None
+        raise R2GError(f"--llm-lora: this LLM has no {targets} layers to adapt ({e}); train without --llm-lora") from None

@@ -31,6 +31,15 @@ def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
+def stop_ids(tokenizer: PreTrainedTokenizerBase, model_eos: int | list[int] | None) -> list[int]:
+    """Token ids that end a generated report: the tokenizer's eos (the id every training target ends with)
+    and the model's own end ids from its generation_config.json. Instruction-tuned models end a turn with
+    another token than the tokenizer's eos (Llama-3-Instruct: <|eot_id|> and <|end_of_text|>; Qwen2-Instruct:
+    <|im_end|> and <|endoftext|>), and a frozen LLM keeps writing those."""
+    extra = [] if model_eos is None else [model_eos] if isinstance(model_eos, int) else list(model_eos)
+    return list(dict.fromkeys([tokenizer.eos_token_id, *extra]))
+
+
 def text_after_image(prompt: str) -> str:
     """The prompt text between the visual slots and the report: "</Img> {prompt} \\nAssistant:"."""
     return f"{IMAGE_CLOSE}{prompt} \nAssistant:"
