@@ -21,6 +21,7 @@ from r2g.data.loader import make_loader, study_images
 from r2g.dist import auto_dtype
 from r2g.eval.decode import decode, per_rank_limit
 from r2g.eval.reconstitute import reconstitute
+from r2g.errors import R2GError
 
 
 def truncate_like_reference(texts: list[str], tokenizer, max_tokens: int) -> list[str]:
@@ -72,12 +73,16 @@ def evaluate(
     model, cfg = reconstitute(run, llm, checkpoint, dtype, allow_llm_mismatch)
     model.to(device)
     gen: GenerateConfig = replace(cfg.generate, **(gen_overrides or {}))
-    data = dataclasses.replace(cfg.data, shards=str(shards))
+    data = dataclasses.replace(cfg.data, shards=str(shards), skip_damaged_shards=False)  # a score covers the whole split
     loader, _, n = make_loader(shards, split, data, gen.batch_size, train=False, rank=rank, world=world, workers=workers)
     per_rank = per_rank_limit(max_samples, world)
     rows = decode(model, loader, gen, device, dtype, max_samples=per_rank, distributed=world > 1, on_batch=on_batch)
     if rank != 0:
         return {}
+    expected = min(n, max_samples) if max_samples else n
+    if len(rows) < expected:
+        raise R2GError(f"{shards}: decoded {len(rows)} of the {expected} '{split}' studies in manifest.json, and "
+                       f"a score must cover them all; run `r2g shard verify {shards}` and re-shard what it names")
 
     out = Path(out) if out else Path(run) / f"eval-{split}"
     out.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from r2g.config import RunConfig
-from r2g.data.loader import make_loader, shard_paths
+from r2g.data.loader import LostSamples, make_loader, shard_paths, split_shards
 from r2g.dist import auto_dtype, init_distributed
 from r2g.errors import R2GError
 from r2g.train.checkpoint import export_trainable, gather_trainable, resume, save_resumable, write_run_config
@@ -108,11 +108,12 @@ def run(cfg: RunConfig) -> dict:
         raise R2GError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
 
     # Data first: a missing split should fail before minutes of model loading.
-    _, n_train = shard_paths(cfg.data.shards, "train")
+    train_split = split_shards(cfg.data.shards, "train", cfg.data.skip_damaged_shards)
+    n_train, lost = train_split.samples, LostSamples(train_split)
     validating = t.val_samples >= 0
     if validating:
         try:
-            shard_paths(cfg.data.shards, "val")
+            shard_paths(cfg.data.shards, "val", cfg.data.skip_damaged_shards)
         except R2GError as e:
             raise R2GError(f"{e}. Or pass --val-samples -1 to train without validation.") from None
     steps_per_epoch = max(1, n_train // (world * t.micro_batch * t.grad_accum))
@@ -149,6 +150,8 @@ def run(cfg: RunConfig) -> dict:
     held, total = llm_elements_held(engine.module.llm)
     log.print(f"frozen LLM: this rank holds {held:,} of {total:,} weights ({held / max(total, 1):.0%})")
     log.log(start_step, {"llm_weights_held": held, "llm_weights_total": total})
+    for note in lost.notes:
+        log.print(f"[yellow]warning:[/] {note}")
 
     # Tokenizing in the loader workers keeps it off the step. Forked workers would otherwise make HF's
     # tokenizers warn that their thread pool was used before the fork.
@@ -188,6 +191,8 @@ def run(cfg: RunConfig) -> dict:
             loss = engine(**inputs).loss
             engine.backward(loss)
             engine.step()
+            for note in filter(None, map(lost.note, batch.get("lost", ()))):  # --skip-damaged-shards only
+                log.print(f"[yellow]warning:[/] {note}")
             n_studies, n_views = batch["view_mask"].shape
             window_samples += n_studies
             window_tokens += int(batch["text"]["attention_mask"].sum())  # the host copy: no wait on the GPU
@@ -206,6 +211,8 @@ def run(cfg: RunConfig) -> dict:
                 "epoch": epoch, "loss": loss_value, "lr": scheduler.get_last_lr()[0] if scheduler else t.lr,
                 "samples_per_s": window_samples * world / seconds, "tokens_per_s": window_tokens * world / seconds,
             }
+            if lost.count:
+                record["lost_samples"] = lost.count
             if peak:  # per rank: this rank's model FLOPs over its GPU's peak
                 record["mfu"] = window_flops / seconds / peak
             status = f"loss {loss_value:.3f} lr {record['lr']:.2e} {record['samples_per_s']:.1f} samples/s {record['tokens_per_s']:.0f} tok/s"
