@@ -50,6 +50,7 @@ def tiny_llama(tokenizer, seed=0):
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, initializer_range=0.2,  # larger than usual so a frozen random LM reacts to its inputs
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     return LlamaForCausalLM(config)
 

@@ -17,7 +17,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from r2g.config import GenerateConfig, ModelConfig
 from r2g.errors import R2GError
 from r2g.model.llm import add_llm_lora, load_llm
-from r2g.model.prompt import ReportEncoder, build_batch, pad_id
+from r2g.model.prompt import ReportEncoder, build_batch, pad_id, stop_ids
 from r2g.model.vision import build_vision_encoder, encode, num_visual_tokens, state_dict_mismatch
 
 PARAM_GROUPS = ("vision", "vision LoRA", "mapper", "llm", "llm LoRA")
@@ -144,7 +144,7 @@ class R2GenGPT(nn.Module):
             length_penalty=gen.length_penalty,
             min_new_tokens=gen.min_new_tokens,
             max_new_tokens=gen.max_new_tokens,
-            eos_token_id=self.tokenizer.eos_token_id,
+            eos_token_id=stop_ids(self.tokenizer, self.llm.generation_config.eos_token_id),
             pad_token_id=pad_id(self.tokenizer),
             do_sample=False,
             use_cache=True,
