@@ -9,6 +9,7 @@ import pytest
 from r2g.errors import R2GError
 from r2g.labels import CHEXPERT_5, CHEXPERT_LABELS
 from r2g.metrics.clinical import compute_ce
+from r2g.metrics.keys import CE_KEYS, HEADLINE
 from r2g.metrics.score import load_pairs, score
 
 
@@ -65,6 +66,27 @@ def test_example_based_empty_report_scores_zero():
     assert (ce["ce_example_precision"], ce["ce_example_recall"], ce["ce_example_f1"]) == (0.0, 0.0, 0.0)
 
 
+def test_uncertain_counts_as_positive_variant_by_hand():
+    ce = compute_ce(REF, PRED)
+    # -1 is positive on both sides: Edema becomes a tp (ref 1, pred -1); Fracture fp in report 2 (pred 1, ref
+    # blank) and fn in report 3 (ref -1, pred blank). Per label: Cardiomegaly, Edema, No Finding (1,0,0),
+    # Pneumothorax (0,0,1), Fracture (0,1,1): micro tp 3, fp 1, fn 2.
+    assert ce["ce_upos_micro_precision"] == pytest.approx(3 / 4)
+    assert ce["ce_upos_micro_recall"] == pytest.approx(3 / 5)
+    assert ce["ce_upos_micro_f1"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 2))
+    assert ce["ce_upos_macro_f1"] == pytest.approx(3 / 14)
+    # 5 labels: Cardiomegaly and Edema both (1,0,0).
+    assert ce["ce5_upos_micro_f1"] == pytest.approx(1.0)
+    assert ce["ce5_upos_macro_f1"] == pytest.approx(2 / 5)
+    # The positive-only keys are unchanged by the variant.
+    assert ce["ce_micro_f1"] == pytest.approx(4 / 7) and ce["ce5_micro_f1"] == pytest.approx(2 / 3)
+
+
+def test_uncertain_agreement_counts_only_in_the_upos_variant():
+    ce = compute_ce([row(Edema=-1)], [row(Edema=-1)])
+    assert ce["ce_micro_f1"] == 0.0 and ce["ce_upos_micro_f1"] == 1.0 and ce["ce5_upos_micro_f1"] == 1.0
+
+
 def test_uncertain_and_blank_are_negative():
     ce = compute_ce([row(Edema=-1, Cardiomegaly=None)], [row(Edema=-1, Cardiomegaly=0)])
     assert ce["ce_micro_f1"] == 0.0 and ce["per_label"]["Edema"]["support"] == 0
@@ -87,10 +109,11 @@ def test_per_label():
 
 def test_all_keys():
     ce = compute_ce(REF, PRED)
-    expected = {f"{p}_{avg}_{m}" for p in ("ce", "ce5") for avg in ("micro", "macro")
+    expected = {f"{p}_{avg}_{m}" for p in ("ce", "ce5", "ce_upos", "ce5_upos") for avg in ("micro", "macro")
                 for m in ("precision", "recall", "f1")}
-    expected |= {f"ce_example_{m}" for m in ("precision", "recall", "f1")} | {"per_label"}
-    assert set(ce) == expected
+    expected |= {f"ce_example_{m}" for m in ("precision", "recall", "f1")}
+    assert set(ce) == expected | {"per_label"}
+    assert set(CE_KEYS) == expected  # the one list of keys (r2g.metrics.keys) is the one computed
     assert len(CHEXPERT_5) == 5
 
 
@@ -173,6 +196,7 @@ def test_score_joins_nlg_and_ce():
     assert {"BLEU_1", "BLEU_4", "ROUGE_L", "CIDEr", "ce_micro_f1", "ce5_macro_f1", "ce_example_f1",
             "per_label"} <= set(results)
     assert "METEOR" not in results
+    assert set(HEADLINE) - {"METEOR"} <= set(results)  # every printed / selectable key is computed
     labels = results["labels"]
     assert labels["2"]["reference"]["Cardiomegaly"] == 1 and labels["2"]["prediction"]["Cardiomegaly"] is None
     assert labels["1"]["prediction"]["No Finding"] == 1

@@ -1,8 +1,10 @@
 """Clinical efficacy (CE): how well the labels of generated reports match those of the references.
 
-Only 1 (positive) counts as positive; 0, -1 (uncertain) and None (blank) count as negative, the R2Gen-family
-`compute_ce` convention. All scores are computed with numpy (no sklearn) and equal sklearn's
-`precision_recall_fscore_support(..., zero_division=0)`: a ratio with a zero denominator is 0.
+Two conventions, each labelled in the keys (r2g.metrics.keys): only 1 (positive) counts as positive, and 0,
+-1 (uncertain) and None (blank) as negative, the R2Gen-family `compute_ce` convention; and the `upos`
+variant, where -1 also counts as positive on both sides (LLaVA-Rad and CheXagent publish both). All scores
+are computed with numpy (no sklearn) and equal sklearn's `precision_recall_fscore_support(...,
+zero_division=0)`: a ratio with a zero denominator is 0.
 """
 
 from __future__ import annotations
@@ -10,17 +12,17 @@ from __future__ import annotations
 import numpy as np
 
 from r2g.errors import R2GError
-from r2g.labels import CHEXPERT_5, CHEXPERT_LABELS, POSITIVE
+from r2g.labels import CHEXPERT_5, CHEXPERT_LABELS, POSITIVE, UNCERTAIN
 
 
-def _binary(labels: list[dict], side: str) -> np.ndarray:
-    """(reports, 14) boolean matrix: True where a label is exactly 1."""
+def _binary(labels: list[dict], side: str, positive: tuple = (POSITIVE,)) -> np.ndarray:
+    """(reports, 14) boolean matrix: True where a label is in `positive` (by default exactly 1)."""
     for i, row in enumerate(labels):
         missing = [name for name in CHEXPERT_LABELS if name not in row]
         if missing:
             raise R2GError(f"{side} labels of report {i} lack {missing[0]!r}: "
                            "every report needs all 14 CheXpert labels")
-    return np.array([[row[name] == POSITIVE for name in CHEXPERT_LABELS] for row in labels], dtype=bool).reshape(
+    return np.array([[row[name] in positive for name in CHEXPERT_LABELS] for row in labels], dtype=bool).reshape(
         len(labels), len(CHEXPERT_LABELS)
     )
 
@@ -59,6 +61,8 @@ def compute_ce(ref_labels: list[dict], pred_labels: list[dict]) -> dict[str, flo
     - `ce_micro_{precision,recall,f1}`, `ce_macro_{...}`: over the 14 labels (No Finding included);
     - `ce5_micro_{...}`, `ce5_macro_{...}`: over CHEXPERT_5 (Cardiomegaly, Edema, Consolidation,
       Atelectasis, Pleural Effusion), as LLaVA-Rad / CheXagent report;
+    - `ce_upos_{micro,macro}_{...}`, `ce5_upos_{micro,macro}_{...}`: the same four with uncertain (-1)
+      counted as positive in both the references and the predictions (LLaVA-Rad / CheXagent's second variant);
     - `ce_example_{precision,recall,f1}`: PromptMRG's example-based scores: precision, recall and F1 of each
       report's set of positive labels, averaged over reports. A report whose reference and prediction have
       no positive label at all scores 0 on all three, as in PromptMRG (its counts are 0/0, taken as 0);
@@ -72,9 +76,11 @@ def compute_ce(ref_labels: list[dict], pred_labels: list[dict]) -> dict[str, flo
     ref, pred = _binary(ref_labels, "reference"), _binary(pred_labels, "prediction")
 
     scores: dict[str, float | dict] = {}
-    scores.update(_micro_macro(ref, pred, "ce"))
     five = [CHEXPERT_LABELS.index(name) for name in CHEXPERT_5]
-    scores.update(_micro_macro(ref[:, five], pred[:, five], "ce5"))
+    for tag, positive in (("", (POSITIVE,)), ("_upos", (POSITIVE, UNCERTAIN))):
+        ref_t, pred_t = _binary(ref_labels, "reference", positive), _binary(pred_labels, "prediction", positive)
+        scores.update(_micro_macro(ref_t, pred_t, f"ce{tag}"))
+        scores.update(_micro_macro(ref_t[:, five], pred_t[:, five], f"ce5{tag}"))
 
     for name, per_report in zip(("precision", "recall", "f1"), _prf(*_counts(ref, pred, axis=1))):
         scores[f"ce_example_{name}"] = float(per_report.mean())
