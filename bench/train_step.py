@@ -199,8 +199,8 @@ def mode_bench(s, mode: str, tokenizer, micro_batch: int, steps: int, warmup: in
 
 def modes_bench(shapes_name: str, micro_batch: int, steps: int, warmup: int) -> dict:
     """`mode_bench` for shallow, delta and deep, with the device's peak and MFU added."""
+    from r2g.config import MODES
     from r2g.model.flops import mfu, peak_flops
-    from r2g.model.vision import MODES
 
     from bench.shapes import shapes, stand_in_tokenizer
 

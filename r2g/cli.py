@@ -5,9 +5,13 @@ Errors a user can fix (R2GError) print as one red line and exit 2, never as a tr
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import json
 import os
 import sys
 import time
+import typing
 from pathlib import Path
 from typing import Optional
 
@@ -161,91 +165,93 @@ def _read_corpus(path: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- train
-def train_config(
-    llm: str, shards: str, out: str, ds: str, mode: str, resume: bool, epochs, max_steps, lr, micro_batch,
-    grad_accum, warmup_steps, precision, seed, save_every, val_every, val_samples, select_metric, workers,
-    vision_arch, vision_weights, vision_kwargs, view_merge, lora_r, lora_alpha, lora_dropout, llm_lora,
-    max_report_tokens, augment, num_beams, min_new_tokens, max_new_tokens, log_every, image_size, blank_images,
-):
-    """Flags → RunConfig. Dataset defaults (token budget, epochs, lengths) come from the shards' manifest."""
-    import json
+def _flag_type(hint) -> type:
+    """The CLI type of a config field: JSON objects and choices are read as strings and checked by the config."""
+    if hint in (bool, int, float):
+        return hint
+    return str
 
-    from r2g.config import DataConfig, GenerateConfig, ModelConfig, RunConfig, TrainConfig, preset, replace
+
+def config_flags() -> list[inspect.Parameter]:
+    """One `--flag` per settable config field, named after it (`train.micro_batch` -> `--micro-batch`), with the
+    field's help, choices and default. Unset flags are None, so the recipe or the default stands."""
+    from r2g.config import SECTIONS, choices, flag_name
+
+    params = []
+    for section, klass in SECTIONS.items():
+        hints = typing.get_type_hints(klass)
+        for f in dataclasses.fields(klass):
+            if not f.metadata.get("cli", True):
+                continue
+            kind, flag = _flag_type(hints[f.name]), flag_name(f)
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            allowed = choices(klass, f.name)
+            help_text = f.metadata["help"] + (f" One of: {', '.join(allowed)}." if allowed else "") + f" (default: {default})"
+            spelling = f"--{flag}/--no-{flag}" if kind is bool else f"--{flag}"
+            option = typer.Option(None, spelling, help=help_text, rich_help_panel=f"{section} settings")
+            params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                            annotation=Optional[kind]))
+    return params
+
+
+def config_overrides(flags: dict) -> dict[str, dict]:
+    """Given flags (not None) -> {section: {field: value}}; JSON-object fields are parsed here."""
+    from r2g.config import SECTIONS, flag_name
+
+    overrides: dict[str, dict] = {}
+    for section, klass in SECTIONS.items():
+        hints = typing.get_type_hints(klass)
+        for f in dataclasses.fields(klass):
+            value = flags.get(f.name)
+            if value is None:
+                continue
+            if typing.get_origin(hints[f.name]) is dict:
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError as e:
+                    raise R2GError(f"--{flag_name(f)} must be a JSON object, e.g. '{{\"embed_dim\": 32}}' ({e})") from None
+            overrides.setdefault(section, {})[f.name] = value
+    return overrides
+
+
+def train_config(flags: dict, recipe: str = "") -> "RunConfig":
+    """Flags -> RunConfig: defaults, the shards' dataset presets, the recipe, the flags, the world size (from the
+    launcher's WORLD_SIZE)."""
+    from r2g.config import resolve
     from r2g.data.shard import read_manifest
 
-    dataset = read_manifest(shards)["dataset"]
-    p = preset(dataset)
-    try:
-        kwargs = json.loads(vision_kwargs) if vision_kwargs else {}
-    except json.JSONDecodeError as e:
-        raise R2GError(f"--vision-kwargs must be a JSON object, e.g. '{{\"embed_dim\": 32}}' ({e})") from None
-    return RunConfig(
-        data=replace(DataConfig(shards=shards, dataset=dataset), workers=workers, augment=augment, image_size=image_size,
-                     blank_images=blank_images),
-        model=replace(
-            ModelConfig(llm=llm, mode=mode, max_report_tokens=p["max_report_tokens"], vision_kwargs=kwargs),
-            vision_arch=vision_arch, vision_weights=vision_weights, view_merge=view_merge, lora_r=lora_r,
-            lora_alpha=lora_alpha, lora_dropout=lora_dropout, llm_lora=llm_lora, max_report_tokens=max_report_tokens,
-        ),
-        train=replace(
-            TrainConfig(out=out, ds_config=ds, epochs=p["epochs"], resume=resume),
-            epochs=epochs, max_steps=max_steps, lr=lr, micro_batch=micro_batch, grad_accum=grad_accum,
-            warmup_steps=warmup_steps, precision=precision, seed=seed, save_every=save_every, val_every=val_every,
-            val_samples=val_samples, select_metric=select_metric, log_every=log_every,
-        ),
-        generate=replace(
-            GenerateConfig(min_new_tokens=p["min_new_tokens"], max_new_tokens=p["max_new_tokens"]),
-            num_beams=num_beams, min_new_tokens=min_new_tokens, max_new_tokens=max_new_tokens,
-        ),
-    )
+    for required in ("llm", "shards"):
+        if not flags.get(required):
+            raise R2GError(f"--{required} is required")
+    dataset = read_manifest(flags["shards"])["dataset"]
+    return resolve(dataset, config_overrides(flags), int(os.environ.get("WORLD_SIZE", 1)), recipe)
 
 
-@app.command()
 def train(
-    llm: str = typer.Option(..., help="Local Hugging Face causal-LM folder (e.g. /models/Llama-2-7b-chat-hf)."),
-    shards: str = typer.Option(..., help="Shard folder written by `r2g shard`."),
-    out: str = typer.Option("runs/r2g", help="Run folder (checkpoints, trainable.safetensors, logs)."),
-    ds: str = typer.Option("ds_configs/zero2.json", help="DeepSpeed config; its \"auto\" values come from these flags."),
-    mode: str = typer.Option("delta", help="shallow (mapper), delta (mapper + Swin q/v LoRA) or deep (mapper + Swin)."),
-    resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint."),
-    epochs: Optional[int] = typer.Option(None, help="Default: 3 for MIMIC-CXR, 15 for IU-Xray."),
-    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate [1e-4]."),
-    micro_batch: Optional[int] = typer.Option(None, help="Studies per GPU per step [6]."),
-    grad_accum: Optional[int] = typer.Option(None),
-    warmup_steps: Optional[int] = typer.Option(None),
-    precision: Optional[str] = typer.Option(None, help="auto (bf16 on CUDA, fp32 on CPU), bf16 or fp32."),
-    seed: Optional[int] = typer.Option(None),
-    save_every: Optional[int] = typer.Option(None, help="Steps between resumable checkpoints [500]."),
-    val_every: Optional[int] = typer.Option(None, help="Steps between validations (0 = each epoch)."),
-    val_samples: Optional[int] = typer.Option(None, help="Val studies decoded per validation (0 = all, -1 = no validation)."),
-    select_metric: Optional[str] = typer.Option(None, help="bleu4_cider (reference), ce_f1, or a metric key."),
-    workers: Optional[int] = typer.Option(None, help="Data-loader workers per rank."),
-    vision_arch: Optional[str] = typer.Option(None, help="timm model name [swin_base_patch4_window7_224]."),
-    vision_weights: Optional[str] = typer.Option(None, help="Local Swin weights (timm or HF safetensors layout)."),
-    vision_kwargs: Optional[str] = typer.Option(None, help="JSON overrides for timm.create_model (small encoders)."),
-    view_merge: Optional[str] = typer.Option(None, help="mean (reference) or concat: how a study's views combine."),
-    lora_r: Optional[int] = typer.Option(None), lora_alpha: Optional[int] = typer.Option(None),
-    lora_dropout: Optional[float] = typer.Option(None),
-    llm_lora: Optional[bool] = typer.Option(None, "--llm-lora", help="Also train LoRA on the LLM's attention."),
-    max_report_tokens: Optional[int] = typer.Option(None, help="Report token budget, eos included [100 MIMIC, 60 IU]."),
-    augment: Optional[bool] = typer.Option(None, "--augment", help="Light train-time image augmentation."),
-    num_beams: Optional[int] = typer.Option(None), min_new_tokens: Optional[int] = typer.Option(None),
-    max_new_tokens: Optional[int] = typer.Option(None),
-    log_every: Optional[int] = typer.Option(None),
-    image_size: Optional[int] = typer.Option(None, help="Input side in pixels; must match the vision encoder [224]."),
-    blank_images: Optional[bool] = typer.Option(None, "--blank-images", help="Ablation: train and validate on all-zero images."),
+    recipe: str = typer.Option("", help="Start from a reference recipe (flags given with it override it): "
+                                        "r2gengpt-{iu,mimic}-{shallow,delta,deep}. See README, settings table."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved run config as JSON and exit "
+                                      "without loading any model (world size from WORLD_SIZE, as a launcher sets it)."),
     local_rank: int = typer.Option(-1, "--local_rank", "--local-rank", hidden=True, help="Set by the deepspeed launcher."),
+    **flags,
 ):
     """Train the alignment modules (DeepSpeed; one or many GPUs, or CPU)."""
+    cfg = train_config(flags, recipe)
+    if print_config:
+        console.print_json(json.dumps(cfg.to_dict()))
+        return
     from r2g.train.loop import run
 
-    cfg = train_config(**{k: v for k, v in locals().items() if k not in ("local_rank", "run")})
     result = run(cfg)
     if int(os.environ.get("RANK", 0)) == 0:
         best = result["best"]
         chosen = f"best {best['metric']} {best['value']:.4f} at step {best['step']}" if best["value"] is not None else "final"
-        console.print(f"[green]done[/]: {result['steps']} steps; {chosen} weights in {out}/trainable.safetensors")
+        console.print(f"[green]done[/]: {result['steps']} steps; {chosen} weights in {cfg.train.out}/trainable.safetensors")
+
+
+_own = [p for p in inspect.signature(train).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+train.__signature__ = inspect.Signature(_own + config_flags())
+app.command()(train)
 
 
 # ---------------------------------------------------------------------------------------------- eval
@@ -266,15 +272,24 @@ def print_metrics(metrics: dict, title: str) -> None:
     console.print(table)
 
 
+# Flags shared by `r2g eval` and `r2g generate`: where the run and its base files are.
+CKPT_HELP = "Run folder (r2g_config.json + trainable.safetensors or checkpoints/)."
+LLM_HELP = "Base LLM folder, if not the one in r2g_config.json."
+VISION_WEIGHTS_HELP = "Base Swin weights (file or folder), if not the ones in r2g_config.json."
+CHECKPOINT_HELP = "Read weights from a DeepSpeed checkpoint tag (or 'latest') instead of trainable.safetensors."
+MISMATCH_HELP = "Go ahead when --llm's config differs from the trained one."
+
+
 @app.command("eval")
 def eval_command(
-    ckpt: Path = typer.Option(..., help="Run folder (r2g_config.json + trainable.safetensors or checkpoints/)."),
-    shards: Path = typer.Option(..., help="Shard folder to evaluate on."),
+    ckpt: Path = typer.Option(..., help=CKPT_HELP),
+    shards: Optional[str] = typer.Option(None, help="Shard folder to evaluate on, if not the run's own (r2g_config.json)."),
     split: str = typer.Option("test"),
     out: Optional[Path] = typer.Option(None, help="Output folder [RUN/eval-SPLIT]."),
-    llm: Optional[str] = typer.Option(None, help="Base LLM folder, if not the one in r2g_config.json."),
-    checkpoint: Optional[str] = typer.Option(None, help="Read weights from a DeepSpeed checkpoint tag (or 'latest') instead of trainable.safetensors."),
-    allow_llm_mismatch: bool = typer.Option(False, help="Go ahead when --llm's config differs from the trained one."),
+    llm: Optional[str] = typer.Option(None, help=LLM_HELP),
+    vision_weights: Optional[str] = typer.Option(None, help=VISION_WEIGHTS_HELP),
+    checkpoint: Optional[str] = typer.Option(None, help=CHECKPOINT_HELP),
+    allow_llm_mismatch: bool = typer.Option(False, help=MISMATCH_HELP),
     meteor: bool = typer.Option(True, help="Score METEOR (needs Java)."),
     labeler: str = typer.Option("rules", help="rules (built-in CheXpert-style) or chexbert (needs --labeler-weights)."),
     labeler_weights: Optional[str] = typer.Option(None, help="Local CheXbert folder (chexbert.pth + bert-base-uncased/)."),
@@ -287,20 +302,19 @@ def eval_command(
     local_rank: int = typer.Option(-1, "--local_rank", "--local-rank", hidden=True),
 ):
     """Generate reports for a split and score them (BLEU, METEOR, ROUGE-L, CIDEr, CheXpert CE)."""
-    from r2g.data.loader import shard_paths
-    from r2g.eval.run import evaluate
+    from r2g.eval.run import EvalOptions, evaluate, prepare
 
-    _, total = shard_paths(shards, split)
-    total = min(total, max_samples) if max_samples else total
+    opts = EvalOptions(
+        split=split, out=out, shards=shards, llm=llm, vision_weights=vision_weights, checkpoint=checkpoint,
+        allow_llm_mismatch=allow_llm_mismatch, meteor=meteor, labeler=labeler, labeler_weights=labeler_weights,
+        truncated_refs=truncated_refs, max_samples=max_samples, workers=workers,
+        generate=_gen_overrides(num_beams, min_new_tokens, max_new_tokens, repetition_penalty, length_penalty, batch_size),
+    )
+    plan = prepare(ckpt, opts)  # every input checked before the progress bar and the model load
     is_rank0 = int(os.environ.get("RANK", 0)) == 0
     with progress_bar() as bar:
-        task = bar.add_task(f"generating {split}", total=total, visible=is_rank0)
-        metrics = evaluate(
-            ckpt, shards, split, out, llm, checkpoint,
-            _gen_overrides(num_beams, min_new_tokens, max_new_tokens, repetition_penalty, length_penalty, batch_size),
-            meteor, labeler, labeler_weights, truncated_refs, allow_llm_mismatch, max_samples, workers,
-            on_batch=lambda n: bar.advance(task, n),
-        )
+        task = bar.add_task(f"generating {split}", total=plan.studies, visible=is_rank0)
+        metrics = evaluate(plan, on_batch=lambda n: bar.advance(task, n))
     if metrics:
         print_metrics(metrics, f"{ckpt.name} on {split} ({metrics['studies']} studies)")
         console.print("files: " + ", ".join(metrics["files"].values()))
@@ -309,8 +323,11 @@ def eval_command(
 @app.command()
 def generate(
     inputs: list[str] = typer.Argument(..., help="Images, folders of images, or frontal.png,lateral.png pairs."),
-    ckpt: Path = typer.Option(..., help="Run folder."),
-    llm: Optional[str] = typer.Option(None, help="Base LLM folder, if not the one in r2g_config.json."),
+    ckpt: Path = typer.Option(..., help=CKPT_HELP),
+    llm: Optional[str] = typer.Option(None, help=LLM_HELP),
+    vision_weights: Optional[str] = typer.Option(None, help=VISION_WEIGHTS_HELP),
+    checkpoint: Optional[str] = typer.Option(None, help=CHECKPOINT_HELP),
+    allow_llm_mismatch: bool = typer.Option(False, help=MISMATCH_HELP),
     out: Optional[Path] = typer.Option(None, help="Write JSONL (.jsonl) or plain text (one report per line)."),
     num_beams: Optional[int] = typer.Option(None), min_new_tokens: Optional[int] = typer.Option(None),
     max_new_tokens: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
@@ -319,11 +336,14 @@ def generate(
     import json
 
     from r2g.eval.generate import collect_studies, generate_reports
-    from r2g.eval.reconstitute import reconstitute
+    from r2g.eval.reconstitute import load_for_inference, open_run
 
-    studies = collect_studies(inputs)  # bad paths fail before the model loads
-    model, cfg = reconstitute(ckpt, llm)
-    results = generate_reports(model, cfg, studies, _gen_overrides(num_beams, min_new_tokens, max_new_tokens, None, None, batch_size))
+    # Every input checked before the model loads: each image decodes, the run folder and its base files exist.
+    studies = collect_studies(inputs)
+    run = open_run(ckpt, llm, vision_weights, checkpoint=checkpoint, allow_llm_mismatch=allow_llm_mismatch)
+    model = load_for_inference(run)  # on the GPU in bf16 when there is one
+    results = generate_reports(model, run.cfg, studies,
+                               _gen_overrides(num_beams, min_new_tokens, max_new_tokens, None, None, batch_size))
     if out is None:
         for r in results:
             console.print(f"[bold]{' + '.join(r['images'])}[/]\n{r['report']}\n", highlight=False)
@@ -381,6 +401,73 @@ def demo(
                   f"(95% paired bootstrap interval {gain['low']:+.3f} to {gain['high']:+.3f})")
     console.print(f"report: {results['with-images']['files']['html']}")
     console.print(f"done in {results['seconds'] / 60:.1f} min; everything is under {out}/")
+
+
+# ---------------------------------------------------------------------------------------------- plan
+@app.command()
+def plan(
+    llm: str = typer.Option(..., help="Local HF folder (only config.json is read) or a built-in config: llama2-7b, "
+                                      "llama2-13b, llama2-70b, llama3-8b, llama3-70b, mistral-7b, qwen2.5-7b, qwen2.5-72b."),
+    mode: str = typer.Option("delta", help="shallow, delta or deep."),
+    gpus: int = typer.Option(1, help="GPUs per node."),
+    nodes: int = typer.Option(1, help="Nodes."),
+    gpu_mem: float = typer.Option(80.0, help="Memory per GPU in GiB (per process with --device cpu)."),
+    ds: str = typer.Option("ds_configs/zero2.json", help="DeepSpeed config: its ZeRO stage, offload and bucket sizes."),
+    micro_batch: int = typer.Option(6, help="Studies per GPU per step."),
+    grad_ckpt: bool = typer.Option(False, "--grad-ckpt", help="Activation checkpointing of the LLM's layers."),
+    dataset: str = typer.Option("mimic", help="mimic or iu: report token budget, views and train studies."),
+    studies: Optional[int] = typer.Option(None, help="Train studies per epoch [MIMIC-CXR 270,790; IU-Xray 2,069]."),
+    mfu: float = typer.Option(0.40, help="Assumed model FLOPs utilisation (0-1) for the time estimate."),
+    gpu: str = typer.Option("H100", help="GPU name for its bf16 peak (H100, H100 PCIe, H200, A100)."),
+    gpu_tflops: Optional[float] = typer.Option(None, help="Peak TFLOP/s per GPU, instead of --gpu's."),
+    device: str = typer.Option("cuda", help="cuda, or cpu: a CPU process as r2g trains there (fp32, no CUDA context)."),
+    precision: str = typer.Option("auto", help="auto (bf16 on cuda, fp32 on cpu), bf16 or fp32."),
+    json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON instead of a table."),
+):
+    """Will a training run fit in GPU memory, and how long will an epoch take? (no GPU, no weights needed)"""
+    import json
+
+    from r2g.config import ModelConfig
+    from r2g.model.flops import peak_flops
+    from r2g.plan import GIB, Setup, estimate, load_llm_shape, read_ds, vision_shape
+
+    if device not in ("cuda", "cpu") or precision not in ("auto", "bf16", "fp32"):
+        raise R2GError("--device is cuda or cpu, --precision auto, bf16 or fp32")
+    peak = gpu_tflops * 1e12 if gpu_tflops else (peak_flops(gpu) if device == "cuda" else None)
+    if device == "cuda" and peak is None:
+        raise R2GError(f"--gpu '{gpu}': unknown peak; name H100, H100 PCIe, H200 or A100, or pass --gpu-tflops")
+    setup = Setup(mode=mode, gpus=gpus, nodes=nodes, mem_gib=gpu_mem, ds=read_ds(ds), micro_batch=micro_batch,
+                  grad_ckpt=grad_ckpt, dataset=dataset, studies=studies, device=device, precision=precision, mfu=mfu,
+                  peak_tflops=peak / 1e12 if peak else None)
+    result = estimate(load_llm_shape(llm), vision_shape(ModelConfig(mode=mode)), setup)
+    if json_out:
+        print(json.dumps(result.to_dict(), indent=2))
+        return
+    s, seq, unit = result.setup, result.sequence, "GPU" if device == "cuda" else "process"
+    table = Table(title=f"{llm} ({result.llm_params / 1e9:.2f}B) + Swin-B, {mode}, {s.world} {unit}(s), "
+                        f"ZeRO-{s.ds.stage}{' offload' if s.ds.offload_param or s.ds.offload_optimizer else ''}, "
+                        f"micro-batch {s.micro_batch}{', grad-ckpt' if grad_ckpt else ''}, "
+                        f"{'bf16' if s.dtype_bytes == 2 else 'fp32'}")
+    table.add_column(f"per {unit}")
+    table.add_column("GiB", justify="right")
+    for row, value in result.memory.items():
+        table.add_row(row, f"{value / GIB:.2f}")
+    verdict = "[green]fits[/]" if result.fits else "[red]does not fit[/]"
+    table.add_row(f"[bold]total[/] vs --gpu-mem {gpu_mem:g}: {verdict}", f"[bold]{result.total / GIB:.2f}[/]")
+    console.print(table)
+    console.print(f"sequence {seq['total']} tokens = prompt {seq['prompt']} + visual {seq['visual']} + report "
+                  f"{seq['report']}; trainable {sum(result.trainable.values()):,} ({', '.join(result.trainable)}); "
+                  f"largest micro-batch that fits: {result.max_micro_batch}", highlight=False)
+    if result.host_per_gpu:
+        console.print(f"offloaded to host memory: {result.host_per_gpu / GIB:.1f} GiB per {unit}", highlight=False)
+    time_line = f"{result.flops_per_sample / 1e12:.2f} TFLOP per sample"
+    if result.samples_per_s:
+        time_line += (f"; at {mfu:.0%} MFU of {s.peak_tflops:g} TFLOP/s: {result.samples_per_s:,.1f} samples/s over "
+                      f"{s.world} {unit}(s), {result.hours_per_epoch:.2f} h per epoch of {result.studies:,} studies")
+    console.print(time_line, highlight=False)
+    console.print("assumptions: " + ", ".join(f"{k} {v:g}" for k, v in result.assumptions.items()), highlight=False)
+    for line in result.suggestions:
+        console.print(f"[yellow]would fit:[/] {line}", highlight=False)
 
 
 def main() -> None:

@@ -34,19 +34,6 @@ def test_conflicting_value_names_both_sides(tmp_path):
         resolve_ds_config(path, RunConfig(), 1, 10, False)
 
 
-def test_precision_auto_is_bf16_on_cuda_only_and_fp16_is_refused():
-    import torch
-
-    from r2g.dist import auto_dtype
-    from r2g.train.loop import use_bf16
-
-    assert auto_dtype(torch.device("cuda", 0)) == torch.bfloat16 and auto_dtype(torch.device("cpu")) == torch.float32
-    assert use_bf16("auto", torch.device("cuda", 0)) and not use_bf16("auto", torch.device("cpu"))
-    assert use_bf16("bf16", torch.device("cpu")) and not use_bf16("fp32", torch.device("cuda", 0))
-    with pytest.raises(R2GError, match="fp16 is not supported"):
-        use_bf16("fp16", torch.device("cpu"))
-
-
 def test_shipped_configs_are_found_from_any_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no ds_configs/ here: the default path falls back to the shipped file
     assert SHIPPED.parent.name == "r2g"  # inside the package, so a non-editable install ships them (test_packaging)

@@ -44,6 +44,7 @@ def _args(assets: Path, out: Path, *extra: str) -> list[str]:
     return [
         "--llm", str(assets / "llm"), "--shards", str(assets / "shards"), "--out", str(out),
         "--vision-arch", "swin_tiny_patch4_window7_224", "--vision-kwargs", json.dumps(TINY_VISION_KWARGS),
+        "--vision-weights", "none",
         "--image-size", "64", "--micro-batch", "4", "--workers", "1", "--log-every", "1", "--warmup-steps", "1",
         "--num-beams", "2", "--min-new-tokens", "2", "--max-new-tokens", "6", *extra,
     ]

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import re
 
+from r2g.config import DATASETS
 from r2g.errors import R2GError
 
-DATASETS = ("iu_xray", "mimic_cxr")
 
 # Numbered impressions: "1. " disappears; "N. " for N = 2..5 becomes a sentence break.
 _NUMBERING = [("1. ", "")] + [(f". {n}. ", ". ") for n in range(2, 6)] + [(f" {n}. ", ". ") for n in range(2, 6)]

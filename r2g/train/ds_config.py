@@ -34,14 +34,18 @@ def find_ds_config(path: str | Path) -> Path:
     return path
 
 
-def resolve_ds_config(path: str | Path, cfg: RunConfig, world: int, total_steps: int, bf16: bool) -> dict:
+def load_ds_config(path: str | Path) -> dict:
     path = find_ds_config(path)
     if not path.is_file():
         raise R2GError(f"{path}: DeepSpeed config not found (pass --ds ds_configs/zero2.json or zero3.json)")
     try:
-        ds = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise R2GError(f"{path}: not valid JSON ({e})") from None
+
+
+def resolve_ds_config(path: str | Path, cfg: RunConfig, world: int, total_steps: int, bf16: bool) -> dict:
+    ds = load_ds_config(path)
     t, conflicts = cfg.train, []
     _fill(ds, "train_micro_batch_size_per_gpu", t.micro_batch, "train_micro_batch_size_per_gpu", "--micro-batch", conflicts)
     _fill(ds, "gradient_accumulation_steps", t.grad_accum, "gradient_accumulation_steps", "--grad-accum", conflicts)
@@ -57,6 +61,8 @@ def resolve_ds_config(path: str | Path, cfg: RunConfig, world: int, total_steps:
         params = ds["optimizer"].setdefault("params", {})
         _fill(params, "lr", t.lr, "optimizer.params.lr", "--lr", conflicts)
         _fill(params, "weight_decay", t.weight_decay, "optimizer.params.weight_decay", "--weight-decay", conflicts)
+    if cfg.train.lr_schedule == "epoch_cosine":
+        ds.pop("scheduler", None)  # the training loop passes its own per-epoch schedule (r2g.train.schedule)
     if "scheduler" in ds:
         params = ds["scheduler"].setdefault("params", {})
         _fill(params, "total_num_steps", total_steps, "scheduler.params.total_num_steps", "--epochs/--max-steps", conflicts)

@@ -9,27 +9,19 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from pathlib import Path
 
 import torch
 
 from r2g.config import RunConfig
 from r2g.data.loader import LostSamples, make_loader, shard_paths, split_shards
-from r2g.dist import auto_dtype, init_distributed
+from r2g.dist import init_distributed
 from r2g.errors import R2GError
+from r2g.precision import Precision, resolve_precision
 from r2g.train.checkpoint import export_trainable, gather_trainable, resume, save_resumable, write_run_config
-from r2g.train.ds_config import resolve_ds_config, zero_stage
+from r2g.train.ds_config import load_ds_config, resolve_ds_config, zero_stage
 from r2g.train.logger import RunLogger
 from r2g.train.validate import check_select_metric, selection_value, validate
-
-
-def use_bf16(precision: str, device: torch.device) -> bool:
-    if precision == "auto":
-        return auto_dtype(device) == torch.bfloat16
-    if precision == "fp16":
-        raise R2GError("--precision fp16 is not supported (Swin + LLaMA overflow in fp16); use bf16 or fp32")
-    return precision == "bf16"
 
 
 def micro_batches(loader, pipeline, steps_per_epoch: int, accum: int, start_step: int):
@@ -84,18 +76,64 @@ def llm_elements_held(llm) -> tuple[int, int]:
     return held, total
 
 
+def validation_steps(steps_per_epoch: int, val_every: int, val_per_epoch: int) -> callable:
+    """step -> whether to validate after it: every `val_every` steps, or `val_per_epoch` times an epoch at
+    evenly spaced steps (the reference's val_check_interval 0.5 is val_per_epoch 2)."""
+    if val_every:
+        return lambda step: step % val_every == 0
+    marks = {round(k * steps_per_epoch / val_per_epoch) % steps_per_epoch for k in range(1, val_per_epoch + 1)}
+    return lambda step: step % steps_per_epoch in marks
+
+
+def val_study_count(val_samples: int, val_fraction: float, n_val: int) -> int:
+    """Val studies decoded per validation: --val-samples, or --val-fraction of the split when it is 0."""
+    return val_samples if val_samples > 0 else math.ceil(val_fraction * n_val)
+
+
+def check_vision_weights(cfg: RunConfig) -> None:
+    if cfg.model.vision_weights is None:
+        raise R2GError("no --vision-weights: training would start from a randomly initialised Swin, which is not the "
+                       "paper's method; pass --vision-weights PATH (a local timm or HF Swin checkpoint), or "
+                       "--vision-weights none to train from random weights on purpose")
+
+
+def validate_and_export(engine, val_loader, cfg: RunConfig, precision: Precision, step: int, n_val: int, best,
+                        log: RunLogger, dist: tuple) -> dict | None:
+    """Validate (when there is a val loader), export the weights if they are the best so far; returns the new
+    best. Without validation the latest weights are the export."""
+    rank, world, device, synced = dist
+    scores, value, improved = {}, None, True
+    if val_loader is not None:
+        with precision.autocast(device):  # decode in the precision the run trains in
+            scores, _ = validate(engine.module, val_loader, cfg, device, precision.input_dtype, n_val, rank, world, synced)
+        value = selection_value(scores, cfg.train.select_metric)
+        log.log(step, {f"val/{k}": v for k, v in scores.items()} | {"val/select": value})
+        log.print(f"step {step}: val {cfg.train.select_metric} = {value:.4f} " + " ".join(f"{k}={v:.3f}" for k, v in scores.items()))
+        improved = best is None or value > best["value"]
+    weights = gather_trainable(engine)  # collective under ZeRO-3: every rank takes part
+    if not improved:
+        return best
+    best = {"step": step, "metric": cfg.train.select_metric, "value": value, "scores": scores}
+    if rank == 0:
+        export_trainable(weights, out=Path(cfg.train.out), info=best)
+    return best
+
+
 def run(cfg: RunConfig) -> dict:
     """Train; returns {"steps", "best", "final_loss"}. Resumes from `cfg.train.out` when `cfg.train.resume`."""
     import deepspeed
     from transformers import set_seed
     from transformers.integrations import HfDeepSpeedConfig
 
-    from r2g.model.flops import FlopCounts, peak_flops, train_flops_per_sample
+    from r2g.model.flops import FlopCounts, peak_flops
     from r2g.model.llm import config_hash
     from r2g.model.r2gen import build_model
+    from r2g.train.meter import ThroughputMeter
+    from r2g.train.schedule import epoch_cosine
 
     t = cfg.train
     check_select_metric(t.select_metric)
+    check_vision_weights(cfg)
     rank, world, device = init_distributed()
     # Seed before anything draws: mapper and LoRA initialisation, then dropout. Same seed on every rank,
     # so every rank builds identical initial weights. A resumed run restores the RNG state it saved.
@@ -103,32 +141,34 @@ def run(cfg: RunConfig) -> dict:
     out = Path(t.out)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-    ckpt_exists = (out / "checkpoints" / "latest").is_file()
-    if ckpt_exists and not t.resume:
+    if (out / "checkpoints" / "latest").is_file() and not t.resume:
         raise R2GError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
 
     # Data first: a missing split should fail before minutes of model loading.
     train_split = split_shards(cfg.data.shards, "train", cfg.data.skip_damaged_shards)
     n_train, lost = train_split.samples, LostSamples(train_split)
-    validating = t.val_samples >= 0
-    if validating:
+    n_val = 0
+    if t.val_samples >= 0:
         try:
-            shard_paths(cfg.data.shards, "val", cfg.data.skip_damaged_shards)
+            _, n_val = shard_paths(cfg.data.shards, "val", cfg.data.skip_damaged_shards)
         except R2GError as e:
             raise R2GError(f"{e}. Or pass --val-samples -1 to train without validation.") from None
+        n_val = val_study_count(t.val_samples, t.val_fraction, n_val)
     steps_per_epoch = max(1, n_train // (world * t.micro_batch * t.grad_accum))
     total_steps = t.max_steps or t.epochs * steps_per_epoch
-    bf16 = use_bf16(t.precision, device)
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    ds = resolve_ds_config(t.ds_config, cfg, world, total_steps, bf16)
-    stage = zero_stage(ds)
+    stage = zero_stage(load_ds_config(t.ds_config))
+    precision = resolve_precision(t.precision, device, stage)
+    ds = resolve_ds_config(t.ds_config, cfg, world, total_steps, precision.ds_bf16)
 
     # Model: keep the HfDeepSpeedConfig alive across from_pretrained so ZeRO-3 partitions the LLM at load.
     hf_ds = HfDeepSpeedConfig(ds) if stage == 3 else None  # noqa: F841
-    model = build_model(cfg.model, dtype=dtype)
+    model = build_model(cfg.model, dtype=precision.llm_dtype)
     table = model.param_table()
-    flop_counts = FlopCounts.from_model(model)
-    engine, _, _, scheduler = deepspeed.initialize(model=model, model_parameters=model.trainable_parameters(), config=ds)
+    scheduler_factory = None
+    if t.lr_schedule == "epoch_cosine":
+        scheduler_factory = lambda opt: epoch_cosine(opt, t.lr, t.min_lr, steps_per_epoch, t.epochs)  # noqa: E731
+    engine, _, _, scheduler = deepspeed.initialize(model=model, model_parameters=model.trainable_parameters(),
+                                                   config=ds, lr_scheduler=scheduler_factory)
     if rank == 0:
         write_run_config(out, cfg, config_hash(cfg.model.llm))
 
@@ -143,7 +183,7 @@ def run(cfg: RunConfig) -> dict:
                 )
             start_step, best = client["global_step"], client["best"]
     log = RunLogger(out, total_steps, start_step, enabled=rank == 0)
-    log.print(f"rank 0 of {world} on {device}, ZeRO-{stage}, {'bf16' if bf16 else 'fp32'}; "
+    log.print(f"rank 0 of {world} on {device}, ZeRO-{stage}, {precision.name}; "
               f"{n_train} train studies, {steps_per_epoch} steps/epoch, {total_steps} steps" +
               (f"; resumed at step {start_step}" if start_step else ""))
     log.param_table(table)
@@ -159,71 +199,45 @@ def run(cfg: RunConfig) -> dict:
     train_loader, train_pipe, _ = make_loader(cfg.data.shards, "train", cfg.data, t.micro_batch, True, t.seed, rank,
                                               world, encode_reports=model.report_encoder(cfg.data.max_views))
     val_loader = None
-    if validating:
+    if t.val_samples >= 0:
         val_loader, _, _ = make_loader(cfg.data.shards, "val", cfg.data, cfg.generate.batch_size, False, t.seed, rank, world)
     stream = micro_batches(train_loader, train_pipe, steps_per_epoch, t.grad_accum, start_step)
-    peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
-    synced = stage == 3 and world > 1
-
-    def validate_and_export(step: int) -> None:
-        nonlocal best
-        if validating:
-            scores, rows = validate(engine.module, val_loader, cfg, device, dtype, rank, world, synced)
-            value = selection_value(scores, t.select_metric)
-            log.log(step, {f"val/{k}": v for k, v in scores.items()} | {"val/select": value})
-            log.print(f"step {step}: val {t.select_metric} = {value:.4f} " + " ".join(f"{k}={v:.3f}" for k, v in scores.items()))
-            improved = best is None or value > best["value"]
-        else:
-            scores, value, improved = {}, None, True  # without validation the latest weights are the export
-        weights = gather_trainable(engine)  # collective under ZeRO-3
-        if improved:
-            best = {"step": step, "metric": t.select_metric, "value": value, "scores": scores}
-            if rank == 0:
-                export_trainable(weights, out, best)
+    meter = ThroughputMeter(FlopCounts.from_model(model), engine.module.num_visual_tokens, world,
+                            peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None)
+    validate_now = validation_steps(steps_per_epoch, t.val_every, t.val_per_epoch)
+    dist = (rank, world, device, stage == 3 and world > 1)
 
     engine.train()
     step, loss_value = start_step, float("nan")
-    window_start, window_samples, window_tokens, window_flops = time.perf_counter(), 0, 0, 0.0
     while step < total_steps:
+        loss_sum = 0.0
         for _ in range(t.grad_accum):
             epoch, batch = next(stream)
-            inputs = model_inputs(batch, device, dtype)
-            loss = engine(**inputs).loss
+            with precision.autocast(device):
+                loss = engine(**model_inputs(batch, device, precision.input_dtype)).loss
             engine.backward(loss)
+            # Called on every micro-batch: DeepSpeed counts them and only updates the weights (and steps the
+            # lr schedule) at the accumulation boundary; skipping calls would shift that boundary.
             engine.step()
+            loss_sum += loss.detach()
+            meter.add(batch)
             for note in filter(None, map(lost.note, batch.get("lost", ()))):  # --skip-damaged-shards only
                 log.print(f"[yellow]warning:[/] {note}")
-            n_studies, n_views = batch["view_mask"].shape
-            window_samples += n_studies
-            window_tokens += int(batch["text"]["attention_mask"].sum())  # the host copy: no wait on the GPU
-            window_flops += n_studies * train_flops_per_sample(
-                flop_counts, inputs["input_ids"].shape[1], engine.module.num_visual_tokens(n_views),
-                n_images=batch["view_mask"].sum().item() / n_studies,
-            )
         step += 1
-        loss_value = loss.item()
+        loss_value = float(loss_sum) / t.grad_accum  # the mean over the step's micro-batches
         if not math.isfinite(loss_value):
             raise R2GError(f"loss is {loss_value} at step {step}; lower --lr or use --precision fp32")
 
         if step % t.log_every == 0 or step == total_steps:
-            seconds = time.perf_counter() - window_start
-            record = {
-                "epoch": epoch, "loss": loss_value, "lr": scheduler.get_last_lr()[0] if scheduler else t.lr,
-                "samples_per_s": window_samples * world / seconds, "tokens_per_s": window_tokens * world / seconds,
-            }
-            if lost.count:
-                record["lost_samples"] = lost.count
-            if peak:  # per rank: this rank's model FLOPs over its GPU's peak
-                record["mfu"] = window_flops / seconds / peak
+            record = {"epoch": epoch, "loss": loss_value, "lr": scheduler.get_last_lr()[0] if scheduler else t.lr,
+                      **meter.read(), **({"lost_samples": lost.count} if lost.count else {})}
             status = f"loss {loss_value:.3f} lr {record['lr']:.2e} {record['samples_per_s']:.1f} samples/s {record['tokens_per_s']:.0f} tok/s"
-            log.log(step, record, status + (f" MFU {record['mfu']:.1%}" if peak else ""))
-            window_start, window_samples, window_tokens, window_flops = time.perf_counter(), 0, 0, 0.0
+            log.log(step, record, status + (f" MFU {record['mfu']:.1%}" if "mfu" in record else ""))
         else:
             log.advance(step)
 
-        end_of_epoch = step % steps_per_epoch == 0
-        if (t.val_every and step % t.val_every == 0) or (not t.val_every and end_of_epoch) or step == total_steps:
-            validate_and_export(step)
+        if validate_now(step) or step == total_steps:
+            best = validate_and_export(engine, val_loader, cfg, precision, step, n_val, best, log, dist)
         if step % t.save_every == 0 or step == total_steps:
             save_resumable(engine, out, step, {"global_step": step, "steps_per_epoch": steps_per_epoch, "best": best}, rank)
 

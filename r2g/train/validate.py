@@ -32,11 +32,13 @@ def selection_value(scores: dict, name: str) -> float:
     return scores[name]
 
 
-def validate(model, loader, cfg: RunConfig, device, dtype, rank: int, world: int, synced: bool) -> tuple[dict, list[dict]]:
-    """(scores, rows) on every rank; rows are {id, prediction, reference}."""
+def validate(model, loader, cfg: RunConfig, device, dtype, n_studies: int, rank: int, world: int,
+             synced: bool) -> tuple[dict, list[dict]]:
+    """(scores, rows) on every rank for the first `n_studies` val studies (0 = all); rows are {id, prediction,
+    reference}."""
     from r2g.metrics.score import score
 
-    per_rank = per_rank_limit(cfg.train.val_samples, world)
+    per_rank = per_rank_limit(n_studies, world)
     was_training = model.training
     model.eval()
     rows = decode(model, loader, cfg.generate, device, dtype, max_samples=per_rank, distributed=world > 1, synced=synced)
