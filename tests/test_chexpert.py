@@ -302,6 +302,31 @@ def test_chexbert_loads_a_local_checkpoint(tmp_path):
         load_labeler("chexbert", str(tmp_path))
 
 
+class _RunsCode:
+    """Unpickling this calls exec: what a malicious .pth could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('ran')",)
+
+
+def test_chexbert_refuses_a_checkpoint_that_carries_code(tmp_path):
+    torch = pytest.importorskip("torch")
+    (tmp_path / "bert-base-uncased").mkdir()
+    for name in ("config.json", "vocab.txt"):
+        (tmp_path / "bert-base-uncased" / name).write_text("{}")
+    marker = tmp_path / "ran.txt"
+    torch.save({"model_state_dict": {"w": torch.zeros(1)}, "extra": _RunsCode(marker)}, tmp_path / "chexbert.pth")
+    with pytest.raises(R2GError, match=r"chexbert.pth: refused to load: it refers to exec, not only to weights"):
+        load_labeler("chexbert", str(tmp_path))
+    assert not marker.exists()  # weights_only=True: the code never ran
+    (tmp_path / "chexbert.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(R2GError, match="chexbert.pth: not a readable torch checkpoint"):
+        load_labeler("chexbert", str(tmp_path))
+
+
 # ---- over the real file -------------------------------------------------------------------------------------
 
 needs_data = pytest.mark.skipif(not DATA.exists(), reason=f"{DATA} not available")

@@ -400,6 +400,29 @@ def _strip(state: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+def _load_weights(checkpoint: Path) -> dict:
+    """The state dict of a CheXbert .pth, unpickled with weights_only=True: tensors and plain containers
+    only, so a downloaded file cannot run code while it loads."""
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        unsafe = re.search(r"GLOBAL (\S+) was not an allowed global", str(e))
+        if unsafe:
+            raise R2GError(f"{checkpoint}: refused to load: it refers to {unsafe.group(1)}, not only to weights, and "
+                           "unpickling it could run code. Use the CheXbert repo's own checkpoint, or one re-saved "
+                           "as a plain state dict (torch.save(model.state_dict(), path))") from None
+        raise R2GError(f"{checkpoint}: not a readable torch checkpoint") from None
+    except (RuntimeError, EOFError) as e:
+        raise R2GError(f"{checkpoint}: not a readable torch checkpoint ({str(e).splitlines()[0]})") from None
+    if not isinstance(state, dict):
+        raise R2GError(f"{checkpoint}: not a CheXbert checkpoint (holds a {type(state).__name__}, not a state dict)")
+    return state.get("model_state_dict", state)
+
+
 def _load_chexbert(weights: str | None) -> Callable[[list[str]], list[dict]]:
     """Load CheXbert lazily (torch and transformers are imported only here).
 
@@ -411,12 +434,11 @@ def _load_chexbert(weights: str | None) -> Callable[[list[str]], list[dict]]:
     import torch
     from transformers import BertConfig, BertModel, BertTokenizer
 
+    state = _load_weights(checkpoint)
     tokenizer = BertTokenizer.from_pretrained(bert_dir)
     bert = BertModel(BertConfig.from_pretrained(bert_dir))
     heads = torch.nn.ModuleList(torch.nn.Linear(bert.config.hidden_size, 4) for _ in range(13))
     heads.append(torch.nn.Linear(bert.config.hidden_size, 2))
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    state = state.get("model_state_dict", state)
     try:
         # strict=False only for the position_ids buffer, which some transformers versions keep in state dicts.
         result = bert.load_state_dict(_strip(state, "module.bert."), strict=False)
