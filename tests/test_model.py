@@ -204,6 +204,17 @@ def test_batch_layout_truncation_and_padding(tokenizer):
     assert prompt_only["input_ids"].tolist() == [before + [pad] * 3 + after] * 2
     assert prompt_only["attention_mask"].all()
 
+def test_reference_truncation_cuts_report_and_eos_together(tokenizer):
+    """--no-keep-eos (the recipes): an over-long report loses its eos, a short one keeps it."""
+    cfg = micro_cfg(keep_eos=False)
+    short_report, long_report = "mild cardiomegaly .", " ".join(REPORTS)
+    batch = build_batch(tokenizer, [short_report, long_report], n_visual=3, cfg=cfg)
+    enc = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    eos, budget = tokenizer.eos_token_id, cfg.max_report_tokens
+    labels = [[t for t in row if t != IGNORE_INDEX] for row in batch["labels"].tolist()]
+    assert labels == [enc(short_report) + [eos], enc(long_report)[:budget]]
+    assert eos not in labels[1] and len(labels[1]) == budget
+
 
 def test_batch_without_bos_and_pad_tokens(tokenizer):
     bare = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, eos_token="</s>")
@@ -328,6 +339,49 @@ def test_load_llm_needs_a_local_folder(tmp_path):
         with pytest.raises(R2GError, match="--llm must be a local Hugging Face folder"):
             load_llm(path)
 
+
+# ------------------------------------------------------------------------------ activation checkpointing
+
+
+def stored_activation_bytes(model, x, mask, batch) -> int:
+    """Bytes autograd keeps for the backward pass of one forward, parameters and their views left out."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    stored = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in params:
+            stored[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x, mask, **batch)
+    return sum(stored.values())
+
+
+@pytest.mark.parametrize("mode, llm_lora", [("shallow", False), ("delta", False), ("deep", False), ("delta", True)])
+def test_grad_ckpt_gives_the_same_gradients_and_stores_less(tokenizer, mode, llm_lora):
+    """fp32 on CPU, dropout and stochastic depth active: checkpointing recomputes with the same random draws."""
+    x, mask = images()
+    grads, stored = {}, {}
+    for ckpt in (False, True):
+        model = build_model(micro_cfg(mode=mode, llm_lora=llm_lora, grad_ckpt=ckpt, lora_dropout=0.3),
+                            llm=tiny_llama(tokenizer), tokenizer=tokenizer).train()  # tiny_llama seeds: same init
+        torch.manual_seed(2)
+        with torch.no_grad():  # LoRA B starts at zero, which would leave LoRA A without a gradient
+            for p in model.trainable_parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        batch = build_batch(tokenizer, REPORTS[:2], model.num_visual_tokens(2), model.cfg)
+        torch.manual_seed(1)
+        model(x, mask, **batch).loss.backward()
+        grads[ckpt] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        stored[ckpt] = stored_activation_bytes(model, x, mask, batch)
+    assert grads[True].keys() == grads[False].keys()
+    assert any(n.startswith("vision.") for n in grads[True]) == (mode != "shallow")
+    assert any(n.startswith("llm.") for n in grads[True]) == llm_lora
+    for name, grad in grads[False].items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(grads[True][name], grad, rtol=1e-5, atol=1e-5, msg=name)
+    assert stored[True] < 0.6 * stored[False], stored
 
 # ------------------------------------------------------------------------------------------- flops
 

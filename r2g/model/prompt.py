@@ -8,7 +8,7 @@ is on the report tokens and the eos only.
 
 Unlike the reference, which appends "</s>" as text, lets truncation cut it off and pads with id 0, the report
 is cut to `max_report_tokens - 1` tokens before the eos id is appended (so every target ends with eos, within
-budget), and padding uses the tokenizer's pad id (eos when it has none), masked in attention and labels.
+budget; `model.keep_eos = False` cuts report + eos together instead, as the reference does), and padding uses the tokenizer's pad id (eos when it has none), masked in attention and labels.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def build_batch(
             "image_positions": is_image.expand(batch_size, -1).clone(),
         }
 
-    targets = report_targets(tokenizer, reports, cfg.max_report_tokens)
+    targets = report_targets(tokenizer, reports, cfg.max_report_tokens, cfg.keep_eos)
     B, P, R = len(reports), len(prompt), max(len(t) for t in targets)
     input_ids = torch.full((B, P + R), pad_id(tokenizer))
     attention_mask = torch.zeros(B, P + R, dtype=torch.long)
@@ -120,9 +120,14 @@ class ReportEncoder:
         return build_batch(self.tokenizer, reports, self.visual_tokens[n_views], self.cfg)
 
 
-def report_targets(tokenizer: PreTrainedTokenizerBase, reports: list[str], max_report_tokens: int) -> list[list[int]]:
-    """Report token ids cut to `max_report_tokens - 1`, then eos: every target ends with eos, within budget."""
+def report_targets(tokenizer: PreTrainedTokenizerBase, reports: list[str], max_report_tokens: int,
+                   keep_eos: bool = True) -> list[list[int]]:
+    """Report token ids + eos within `max_report_tokens`. keep_eos: the report is cut to `max_report_tokens - 1`
+    tokens, so every target ends with eos; otherwise report + eos are cut together, as the reference's
+    `truncation=True, max_length=...` does, and an over-long report ends without eos (`--no-keep-eos`)."""
     if max_report_tokens < 2:
         raise R2GError(f"model.max_report_tokens is {max_report_tokens}; it counts the eos, so it must be >= 2")
     ids = tokenizer(list(reports), add_special_tokens=False)["input_ids"]
+    if not keep_eos:
+        return [(t + [tokenizer.eos_token_id])[:max_report_tokens] for t in ids]
     return [t[: max_report_tokens - 1] + [tokenizer.eos_token_id] for t in ids]
