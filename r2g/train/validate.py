@@ -11,12 +11,13 @@ import torch
 from r2g.config import RunConfig
 from r2g.errors import R2GError
 from r2g.eval.decode import decode, per_rank_limit
+from r2g.metrics.keys import HEADLINE
 
 SELECT_METRICS = {
     "bleu4_cider": "0.5 * BLEU-4 + 0.5 * CIDEr (the reference implementation's choice)",
     "ce_f1": "CheXpert micro F1 over the 14 labels",
 }
-SCORE_KEYS = ("BLEU_1", "BLEU_2", "BLEU_3", "BLEU_4", "METEOR", "ROUGE_L", "CIDEr", "ce_micro_f1", "ce_macro_f1", "ce_example_f1")
+SCORE_KEYS = tuple(HEADLINE)
 
 
 def check_select_metric(name: str) -> None:
