@@ -103,3 +103,20 @@ def add_llm_lora(llm: PreTrainedModel, cfg: ModelConfig) -> nn.Module:
         return get_peft_model(llm, lora)
     except ValueError as e:  # peft: target modules not found
         raise R2GError(f"--llm-lora: this LLM has no {targets} layers to adapt ({e}); train without --llm-lora") from None
+
+
+def enable_grad_ckpt(llm: PreTrainedModel) -> None:
+    """Activation checkpointing of every decoder layer: each keeps only its input hidden states and recomputes
+    its activations in the backward pass (only while training; generation is untouched).
+
+    Non-reentrant torch checkpointing, because the LLM's weights are frozen: it gives gradients to the mapper
+    (through inputs_embeds) and to LoRA weights inside the layers whatever requires grad, and it recomputes
+    through the module hooks ZeRO-3 uses to gather partitioned weights. Reentrant checkpointing needs an input
+    that requires grad, which is why Hugging Face also hooks the input embeddings to make their output require
+    grad; non-reentrant needs no such hook, so it is removed (our inputs_embeds carry the mapper's graph)."""
+    if not llm.supports_gradient_checkpointing:
+        raise R2GError(f"--grad-ckpt: {type(llm).__name__} does not support activation checkpointing; train without it")
+    # transformers 5 renamed gradient_checkpointing_enable (deprecated there) to activation_checkpointing_enable.
+    enable = getattr(llm, "activation_checkpointing_enable", None) or llm.gradient_checkpointing_enable
+    enable({"use_reentrant": False})
+    llm.disable_input_require_grads()

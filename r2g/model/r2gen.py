@@ -16,7 +16,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from r2g.config import GenerateConfig, ModelConfig
 from r2g.errors import R2GError
-from r2g.model.llm import add_llm_lora, load_llm
+from r2g.model.llm import add_llm_lora, enable_grad_ckpt, load_llm
 from r2g.model.prompt import ReportEncoder, build_batch, pad_id, stop_ids
 from r2g.model.vision import build_vision_encoder, encode, num_visual_tokens, state_dict_mismatch
 
@@ -191,12 +191,15 @@ def build_model(
     dtype: torch.dtype | None = None,
 ) -> R2GenGPT:
     """R2GenGPT for `cfg`; the LLM comes from the local folder `cfg.llm` (in `dtype`, None = float32) unless
-    given with its tokenizer. The LLM is frozen either way; `cfg.llm_lora` adds trainable LoRA to it."""
+    given with its tokenizer. The LLM is frozen either way; `cfg.llm_lora` adds trainable LoRA to it, and
+    `cfg.grad_ckpt` checkpoints its layers' activations (and Swin's, see vision.enable_grad_ckpt)."""
     if llm is None:
         llm, tokenizer = load_llm(cfg.llm, dtype)
     elif tokenizer is None:
         raise ValueError("build_model: pass the tokenizer together with the llm")
     llm.requires_grad_(False)
+    if cfg.grad_ckpt:
+        enable_grad_ckpt(llm)
     if cfg.llm_lora:
         llm = add_llm_lora(llm, cfg)
     return R2GenGPT(cfg, build_vision_encoder(cfg), llm, tokenizer)

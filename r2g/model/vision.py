@@ -207,9 +207,26 @@ def load_vision_weights(encoder: nn.Module, path: str | Path) -> None:
 # ------------------------------------------------------------------------------------- build / encode
 
 
+def enable_grad_ckpt(encoder: nn.Module, cfg: ModelConfig) -> None:
+    """Activation checkpointing of the encoder's blocks when its backward runs (delta: LoRA inside every block;
+    deep: all of Swin); a frozen shallow-mode encoder keeps no activations to save.
+
+    timm checkpoints non-reentrantly unless TIMM_REENTRANT_CKPT is set; reentrant checkpointing would silently
+    drop delta mode's LoRA gradients (the blocks' input, from the frozen patch embedding, needs no grad)."""
+    if cfg.mode == "shallow":
+        return
+    if not hasattr(encoder, "set_grad_checkpointing"):
+        raise R2GError(f"--grad-ckpt: timm model '{cfg.vision_arch}' cannot checkpoint its activations; "
+                       "train without --grad-ckpt")
+    if timm.layers.use_reentrant_ckpt():
+        raise R2GError("--grad-ckpt: TIMM_REENTRANT_CKPT is set, and reentrant checkpointing drops Swin's LoRA "
+                       "gradients; unset it")
+    encoder.set_grad_checkpointing(True)
+
+
 def build_vision_encoder(cfg: ModelConfig) -> nn.Module:
     """timm `cfg.vision_arch` without a head, weights from `cfg.vision_weights` (None = random init),
-    frozen / LoRA-adapted for `cfg.mode`."""
+    frozen / LoRA-adapted for `cfg.mode`, its blocks checkpointed with `cfg.grad_ckpt`."""
     if cfg.view_merge not in VIEW_MERGES:
         raise R2GError(f"model.view_merge: unknown '{cfg.view_merge}'; choose one of {list(VIEW_MERGES)}")
     try:
@@ -219,6 +236,8 @@ def build_vision_encoder(cfg: ModelConfig) -> nn.Module:
     if cfg.vision_weights:
         load_vision_weights(encoder, cfg.vision_weights)  # before LoRA, so the names are plain timm names
     set_mode(encoder, cfg)
+    if cfg.grad_ckpt:
+        enable_grad_ckpt(encoder, cfg)
     return encoder
 
 
