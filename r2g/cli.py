@@ -421,7 +421,7 @@ def plan(
     gpu: str = typer.Option("H100", help="GPU name for its bf16 peak (H100, H100 PCIe, H200, A100)."),
     gpu_tflops: Optional[float] = typer.Option(None, help="Peak TFLOP/s per GPU, instead of --gpu's."),
     device: str = typer.Option("cuda", help="cuda, or cpu: a CPU process as r2g trains there (fp32, no CUDA context)."),
-    precision: str = typer.Option("auto", help="auto (bf16 on cuda, fp32 on cpu), bf16 or fp32."),
+    precision: str = typer.Option("auto", help="As r2g train: auto (bf16 on cuda, fp32 on cpu), bf16, bf16-mixed, fp32."),
     json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON instead of a table."),
 ):
     """Will a training run fit in GPU memory, and how long will an epoch take? (no GPU, no weights needed)"""
@@ -431,8 +431,8 @@ def plan(
     from r2g.model.flops import peak_flops
     from r2g.plan import GIB, Setup, estimate, load_llm_shape, read_ds, vision_shape
 
-    if device not in ("cuda", "cpu") or precision not in ("auto", "bf16", "fp32"):
-        raise R2GError("--device is cuda or cpu, --precision auto, bf16 or fp32")
+    if device not in ("cuda", "cpu"):
+        raise R2GError(f"--device '{device}': choose cuda or cpu")
     peak = gpu_tflops * 1e12 if gpu_tflops else (peak_flops(gpu) if device == "cuda" else None)
     if device == "cuda" and peak is None:
         raise R2GError(f"--gpu '{gpu}': unknown peak; name H100, H100 PCIe, H200 or A100, or pass --gpu-tflops")
@@ -447,7 +447,7 @@ def plan(
     table = Table(title=f"{llm} ({result.llm_params / 1e9:.2f}B) + Swin-B, {mode}, {s.world} {unit}(s), "
                         f"ZeRO-{s.ds.stage}{' offload' if s.ds.offload_param or s.ds.offload_optimizer else ''}, "
                         f"micro-batch {s.micro_batch}{', grad-ckpt' if grad_ckpt else ''}, "
-                        f"{'bf16' if s.dtype_bytes == 2 else 'fp32'}")
+                        f"precision {precision}")
     table.add_column(f"per {unit}")
     table.add_column("GiB", justify="right")
     for row, value in result.memory.items():

@@ -1,0 +1,493 @@
+"""`r2g plan`: will a training run fit in memory, and how long will an epoch take?
+
+Pure arithmetic on published sizes: the LLM's config.json (a local HF folder, or a built-in public config in
+r2g/model/configs/), the vision encoder's shapes (timm, built on the meta device: no memory, no weights), the
+DeepSpeed config's ZeRO stage, offload and bucket sizes, and the sequence budget of the dataset preset.
+
+Memory per GPU (or per CPU process with `device="cpu"`), in the compute dtype `a` bytes (bf16 = 2 on CUDA,
+fp32 = 4 on CPU, as `r2g train --precision auto` picks), W = data-parallel world size:
+
+    frozen LLM weights      a * P_llm                  (ZeRO-3: / W, plus the gathered layer and prefetch bucket)
+    trainable weights       a * n                      (ZeRO-3: / W)
+    gradients               a * n / W + 4 * n / W      (ZeRO-2/3 keep their partition, and an fp32 copy for the step)
+    fp32 masters + Adam     (4 + 4 + 4) * n / W        (offload_optimizer: on the host instead)
+    DeepSpeed buckets       reduce_bucket_size * a     (x2 under ZeRO-2 with overlap_comm; on CPU only the
+                                                        part the gradients fill is ever touched)
+    LLM activations         B * T * (per-layer bytes of `llm_layer_bytes` * L + logits), see there
+    vision encoder          frozen Swin weights + B * views * a * k_mode * sum(tokens * channels of every block)
+    workspace               CUDA context + NCCL buffers + allocator slack (assumptions, see GPU_ASSUMPTIONS)
+
+n = trainable parameters (mapper; + Swin q/v LoRA in delta; + all of Swin in deep). Time per epoch uses
+`r2g.model.flops.train_flops_per_sample` at an assumed model FLOPs utilisation (MFU) of the GPU's peak.
+The CPU figures are checked against measured peaks of real `r2g train` steps by bench/plan_check.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from r2g.config import PROMPT, ModelConfig, preset
+from r2g.errors import R2GError
+
+CONFIGS = Path(__file__).resolve().parent / "model" / "configs"
+GIB = 2**30
+
+# Architectures whose decoder layer is Llama's (RMSNorm, RoPE, SwiGLU MLP), the layout the formulas count.
+LLAMA_LIKE = ("llama", "mistral", "qwen2")
+
+# `--dataset` -> DATASET_PRESETS key, train studies and views per study. Studies: R2Gen's split, which
+# R2GenGPT uses (paper: MIMIC-CXR 270,790 train / 2,130 val / 3,858 test; IU-Xray 2,069 / 296 / 590 in R2Gen's
+# annotation.json). Views: R2Gen's MIMIC-CXR annotation has one image per study, its IU-Xray two.
+DATASETS = {
+    "mimic": {"preset": "mimic_cxr", "train_studies": 270_790, "views": 1},
+    "iu": {"preset": "iu_xray", "train_studies": 2_069, "views": 2},
+}
+
+# Stated assumptions until a GPU run calibrates them (bench/gpu_check.py compares its peaks with these).
+GPU_ASSUMPTIONS = {
+    "cuda_context_gib": 0.75,  # CUDA context + cuBLAS/cuDNN workspaces, outside torch's allocator
+    "nccl_gib": 0.5,  # NCCL communicator buffers when W > 1
+    "allocator_slack": 0.10,  # caching-allocator fragmentation, as a share of the tensors above
+}
+CPU_ASSUMPTIONS = {
+    "allocator_slack": 0.10,  # glibc heap fragmentation, as a share of the tensors above
+}
+
+# Elements autograd keeps per (token x channel) of each Swin block, per image: measured on Swin-B at 224 px with
+# torch.autograd.graph.saved_tensors_hooks (deep 18.2, delta 12.7; bf16 exactly half the bytes of fp32). Deep
+# keeps every block's LayerNorm and Linear inputs, q/k/v and the attention output, the GELU input (4C), the
+# fc2 input (4C); delta keeps only what flows back to the first LoRA (the frozen Linears' inputs are not
+# needed); shallow runs Swin without a graph. tests/test_plan.py re-measures it on another Swin.
+VISION_SAVED_PER_TOKEN_CHANNEL = {"shallow": 0.0, "delta": 12.7, "deep": 18.2}
+# DeepSpeed's defaults for keys a config leaves out (deepspeed/runtime/zero/config.py).
+DS_DEFAULTS = {"reduce_bucket_size": 5e8, "stage3_prefetch_bucket_size": 5e7, "contiguous_gradients": True,
+               "overlap_comm": False}
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in CONFIGS.glob("*.json"))
+
+
+# ---------------------------------------------------------------------------------------------- LLM
+
+
+@dataclass(frozen=True)
+class LLMShape:
+    """The sizes of a Llama-style decoder that memory and FLOPs depend on, from its config.json."""
+
+    name: str
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool  # tie_word_embeddings: lm_head shares the embedding table
+    qkv_bias: bool  # Qwen2 has biases on q, k and v
+
+    @classmethod
+    def from_config(cls, config: dict, name: str) -> "LLMShape":
+        model_type = config.get("model_type", "?")
+        if model_type not in LLAMA_LIKE:
+            raise R2GError(f"{name}: model_type '{model_type}' is not one r2g plan can count; it knows the "
+                           f"Llama-style decoders {list(LLAMA_LIKE)}")
+        try:
+            heads = config["num_attention_heads"]
+            return cls(
+                name=name, hidden=config["hidden_size"], intermediate=config["intermediate_size"],
+                layers=config["num_hidden_layers"], heads=heads, kv_heads=config.get("num_key_value_heads") or heads,
+                head_dim=config.get("head_dim") or config["hidden_size"] // heads, vocab=config["vocab_size"],
+                tied=bool(config.get("tie_word_embeddings", False)),
+                qkv_bias=model_type == "qwen2" or bool(config.get("attention_bias", False)),
+            )
+        except KeyError as e:
+            raise R2GError(f"{name}: config.json has no {e.args[0]}") from None
+
+    @property
+    def q_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    @property
+    def layer_matmul_params(self) -> int:
+        """Weights of one layer's Linears: q, o (q_dim x hidden), k, v (kv_dim x hidden), gate, up, down."""
+        return 2 * self.hidden * self.q_dim + 2 * self.hidden * self.kv_dim + 3 * self.hidden * self.intermediate
+
+    @property
+    def layer_params(self) -> int:
+        bias = self.q_dim + 2 * self.kv_dim if self.qkv_bias else 0
+        return self.layer_matmul_params + bias + 2 * self.hidden  # + the two RMSNorm gains
+
+    @property
+    def params(self) -> int:
+        """All weights: embedding (+ lm_head unless tied), layers, final norm."""
+        return self.vocab * self.hidden * (1 if self.tied else 2) + self.layers * self.layer_params + self.hidden
+
+    @property
+    def matmul_params(self) -> int:
+        """P of r2g.model.flops: every Linear weight, lm_head included, the embedding table not."""
+        return self.vocab * self.hidden + self.layers * self.layer_matmul_params
+
+
+def load_llm_shape(spec: str) -> LLMShape:
+    """A built-in name (r2g/model/configs/<name>.json), a local HF folder (its config.json only), or a
+    config.json file."""
+    path = CONFIGS / f"{spec}.json" if spec in builtin_names() else Path(spec)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise R2GError(f"--llm '{spec}': neither a built-in config ({', '.join(builtin_names())}) nor a folder "
+                       "with config.json")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise R2GError(f"{path}: not valid JSON ({e})") from None
+    return LLMShape.from_config(config.get("text_config", config), spec)
+
+
+def llm_layer_bytes(llm: LLMShape, a: int, seq_len: int) -> float:
+    """Bytes autograd keeps per token for one frozen decoder layer (HF Llama / Mistral / Qwen2, SDPA attention).
+
+    The weights are frozen, so no Linear keeps its input; the gradient still has to reach inputs_embeds, so
+    everything else that backward needs stays: each RMSNorm's input upcast to fp32 and its fp32 1/rms
+    (2 x (4h + 4)); SDPA's q (after RoPE), k, v and output in the compute dtype and its fp32 log-sum-exp per
+    head, where k and v are repeated to every query head (transformers' repeat_kv, which SDPA gets whenever the
+    batch is padded, as training batches are), so 4 q-sized tensors; a (T x T) mask per layer (a * T per
+    token); the SwiGLU's gate, up and SiLU(gate) (3f). Equal to what autograd keeps, measured with
+    saved_tensors_hooks on CPU in fp32 and bf16 (tests/test_plan.py)."""
+    norms = 2 * (4 * llm.hidden + 4)
+    attention = a * (4 * llm.q_dim + seq_len) + 4 * llm.heads
+    return norms + attention + a * 3 * llm.intermediate
+
+
+def llm_head_bytes(llm: LLMShape, a: int) -> float:
+    """Bytes per token outside the layers: the final RMSNorm's fp32 input, and the loss. Transformers computes
+    the cross-entropy on fp32 logits; at the start of backward the fp32 log-softmax it kept, the loss gradient
+    and the logits' gradient (4V each) are alive together, plus its cast to a bf16 compute dtype."""
+    return 4 * llm.hidden + 4 + 12 * llm.vocab + (2 * llm.vocab if a == 2 else 0)
+
+
+def llm_activation_bytes(llm: LLMShape, a: int, seq_len: int, grad_ckpt: bool) -> float:
+    """Peak activation bytes per sequence: every layer's saved tensors, plus one layer's worth of backward
+    temporaries. With activation checkpointing a layer keeps only its input (a * h per token) and backward
+    recomputes one layer at a time (one more layer's worth)."""
+    layer = llm_layer_bytes(llm, a, seq_len)
+    kept = llm.layers * (a * llm.hidden) + 2 * layer if grad_ckpt else (llm.layers + 1) * layer
+    return seq_len * (kept + llm_head_bytes(llm, a))
+
+
+# ------------------------------------------------------------------------------------------- vision
+
+
+@dataclass(frozen=True)
+class VisionShape:
+    arch: str
+    params: int
+    features: int  # C: channels of the visual tokens
+    tokens_per_view: int  # 49 for Swin at 224 px
+    block_dims: tuple[int, ...]  # channels of every block that has a fused qkv (where delta puts its LoRA)
+    token_channels: int  # sum over those blocks of tokens x channels
+    largest_block: int  # the largest tokens x channels of one block (what checkpointing recomputes at once)
+    forward_flops: int  # one image through the encoder
+
+
+def vision_shape(cfg: ModelConfig) -> VisionShape:
+    """Sizes of `cfg.vision_arch` (with cfg.vision_kwargs) from a meta-device timm model: nothing allocated."""
+    import timm
+    import torch
+
+    from r2g.model.flops import vision_forward_flops
+    from r2g.model.vision import tokens_per_view
+
+    try:
+        with torch.device("meta"):
+            enc = timm.create_model(cfg.vision_arch, pretrained=False, num_classes=0, **cfg.vision_kwargs)
+    except (RuntimeError, TypeError) as e:
+        raise R2GError(f"model.vision_arch: timm cannot build '{cfg.vision_arch}' ({e})") from None
+    blocks = [m for m in enc.modules() if isinstance(getattr(getattr(m, "attn", None), "qkv", None), torch.nn.Linear)]
+    return VisionShape(
+        arch=cfg.vision_arch, params=sum(p.numel() for p in enc.parameters()), features=enc.num_features,
+        tokens_per_view=tokens_per_view(enc), block_dims=tuple(b.dim for b in blocks),
+        token_channels=sum(math.prod(b.input_resolution) * b.dim for b in blocks),
+        largest_block=max(math.prod(b.input_resolution) * b.dim for b in blocks),
+        forward_flops=vision_forward_flops(cfg),
+    )
+
+
+def vision_activation_elements(vision: VisionShape, mode: str, grad_ckpt: bool) -> float:
+    """Elements the encoder keeps for backward per image. Checkpointed (timm, block by block), each block keeps
+    its input and backward recomputes one block at a time."""
+    k = VISION_SAVED_PER_TOKEN_CHANNEL[mode]
+    if grad_ckpt and k:
+        return vision.token_channels + k * vision.largest_block
+    return k * vision.token_channels
+
+
+def trainable_params(mode: str, vision: VisionShape, llm: LLMShape, lora_r: int) -> dict[str, int]:
+    """Trainable parameters by group: the mapper (Linear C -> hidden + LayerNorm), Swin q/v LoRA (delta: A and B
+    for q and v of every block, 4 * r * dim), all of Swin (deep)."""
+    groups = {"mapper": vision.features * llm.hidden + llm.hidden + 2 * llm.hidden}
+    if mode == "delta":
+        groups["vision LoRA"] = sum(4 * lora_r * d for d in vision.block_dims)
+    if mode == "deep":
+        groups["vision"] = vision.params
+    return groups
+
+
+# --------------------------------------------------------------------------------------------- setup
+
+
+@dataclass(frozen=True)
+class DSFacts:
+    """What the memory depends on in a DeepSpeed config."""
+
+    stage: int = 2
+    offload_param: bool = False
+    offload_optimizer: bool = False
+    reduce_bucket_size: float = DS_DEFAULTS["reduce_bucket_size"]
+    prefetch_bucket_size: float = DS_DEFAULTS["stage3_prefetch_bucket_size"]
+    contiguous_gradients: bool = True
+    overlap_comm: bool = False
+    source: str = ""
+
+
+def read_ds(path: str) -> DSFacts:
+    """ZeRO stage, offload and bucket sizes of a DeepSpeed JSON (a shipped name such as
+    ds_configs/zero3.json works from any folder)."""
+    from r2g.train.ds_config import find_ds_config
+
+    found = find_ds_config(path)
+    if not found.is_file():
+        raise R2GError(f"--ds {path}: not found (ds_configs/zero2.json, zero3.json or zero3_offload.json, or a path)")
+    try:
+        zero = json.loads(found.read_text()).get("zero_optimization", {})
+    except json.JSONDecodeError as e:
+        raise R2GError(f"{found}: not valid JSON ({e})") from None
+
+    def offloaded(key: str) -> bool:
+        return zero.get(key, {}).get("device", "none") not in ("none", None)
+
+    return DSFacts(
+        stage=int(zero.get("stage", 0)), offload_param=offloaded("offload_param"),
+        offload_optimizer=offloaded("offload_optimizer"),
+        reduce_bucket_size=float(zero.get("reduce_bucket_size", DS_DEFAULTS["reduce_bucket_size"])),
+        prefetch_bucket_size=float(zero.get("stage3_prefetch_bucket_size", DS_DEFAULTS["stage3_prefetch_bucket_size"])),
+        contiguous_gradients=bool(zero.get("contiguous_gradients", DS_DEFAULTS["contiguous_gradients"])),
+        overlap_comm=bool(zero.get("overlap_comm", DS_DEFAULTS["overlap_comm"])), source=str(path),
+    )
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One planned run: everything `estimate` needs besides the model shapes."""
+
+    mode: str = "delta"
+    gpus: int = 1  # per node
+    nodes: int = 1
+    mem_gib: float = 80.0  # per GPU (per process on CPU)
+    ds: DSFacts = field(default_factory=DSFacts)
+    micro_batch: int = 6
+    grad_ckpt: bool = False
+    dataset: str = "mimic"
+    studies: int | None = None  # train studies per epoch; None = the dataset's
+    device: str = "cuda"  # cuda | cpu
+    precision: str = "auto"  # train.precision: auto (bf16 on CUDA, fp32 on CPU) | bf16 | bf16-mixed | fp32
+    mfu: float = 0.40
+    peak_tflops: float | None = 989.0  # dense bf16 peak per GPU (H100 SXM); None = unknown (no time estimate)
+    lora_r: int = ModelConfig.lora_r
+
+    @property
+    def world(self) -> int:
+        return self.gpus * self.nodes
+
+    def dtype_bytes(self) -> tuple[int, int]:
+        """(bytes per element of the frozen LLM and its activations, of the vision encoder, mapper and their
+        activations), as r2g.precision resolves train.precision on this device and ZeRO stage."""
+        import torch
+
+        from r2g.precision import resolve_precision
+
+        p = resolve_precision(self.precision, torch.device(self.device), self.ds.stage)
+        return p.llm_dtype.itemsize, 2 if p.ds_bf16 else 4
+
+
+def sequence(setup: Setup, vision: VisionShape) -> dict[str, int]:
+    """Token counts of the longest training sequence: [bos] "Human: <Img>" visual "</Img> {prompt} \\nAssistant:"
+    then a report filling the preset's budget. The prompt is counted at 4 characters per token (Llama-2's
+    tokenizer on this English prompt; the benches' stand-in BPE gives 27 tokens), so no tokenizer is needed."""
+    from r2g.model.prompt import IMAGE_OPEN, text_after_image
+
+    prompt = 1 + math.ceil(len(IMAGE_OPEN + text_after_image(PROMPT)) / 4)
+    report = preset(DATASETS[setup.dataset]["preset"])["max_report_tokens"]
+    visual = vision.tokens_per_view  # the views of a study are averaged into one grid (view_merge "mean")
+    return {"prompt": prompt, "visual": visual, "report": report, "total": prompt + visual + report}
+
+
+# ------------------------------------------------------------------------------------------ estimate
+
+
+@dataclass(frozen=True)
+class Plan:
+    llm: str
+    llm_params: int
+    mode: str
+    trainable: dict[str, int]
+    setup: Setup
+    sequence: dict[str, int]
+    memory: dict[str, float]  # bytes per GPU, by row
+    total: float
+    capacity: float
+    fits: bool
+    max_micro_batch: int
+    host_per_gpu: float  # bytes per GPU held in host memory (offload)
+    flops_per_sample: float
+    samples_per_s: float | None
+    hours_per_epoch: float | None
+    studies: int
+    assumptions: dict[str, float]
+    suggestions: list[str] = field(default_factory=list)
+
+    @property
+    def model_states(self) -> float:
+        """Weights, gradients, optimizer states and DeepSpeed's buckets: what does not scale with the batch."""
+        return sum(v for k, v in self.memory.items() if k in MODEL_STATE_ROWS)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["setup"]["world"] = self.setup.world
+        d["model_states"] = self.model_states
+        d["gib"] = {k: v / GIB for k, v in self.memory.items()} | {"total": self.total / GIB,
+                                                                   "capacity": self.capacity / GIB}
+        return d
+
+
+MODEL_STATE_ROWS = ("frozen LLM weights", "ZeRO-3 gathered weights", "trainable weights", "gradients",
+                    "fp32 masters + Adam", "DeepSpeed buckets", "vision weights (frozen)")
+
+
+def memory_rows(llm: LLMShape, vision: VisionShape, setup: Setup, seq_len: int, micro_batch: int) -> tuple[dict, float]:
+    """(bytes per GPU by row, bytes per GPU on the host) for one micro-batch size."""
+    (a, va), W, ds, n_views = setup.dtype_bytes(), setup.world, setup.ds, DATASETS[setup.dataset]["views"]
+    n = sum(trainable_params(setup.mode, vision, llm, setup.lora_r).values())
+    zero3 = ds.stage >= 3
+    shard = W if zero3 else 1
+    opt_shard = W if ds.stage >= 1 else 1
+    grad_shard = W if ds.stage >= 2 else 1
+    frozen_vision = 0 if setup.mode == "deep" else vision.params
+
+    rows: dict[str, float] = {}
+    rows["frozen LLM weights"] = 0.0 if (zero3 and ds.offload_param) else a * llm.params / shard
+    if zero3:  # the layer being computed, gathered whole, plus the next ones being prefetched
+        rows["ZeRO-3 gathered weights"] = a * (max(llm.layer_params, llm.vocab * llm.hidden) + ds.prefetch_bucket_size)
+    rows["trainable weights"] = va * n / shard
+    rows["gradients"] = va * n / grad_shard + 4 * n / opt_shard
+    optimizer = 12 * n / opt_shard  # fp32 master copy + Adam's two moments
+    rows["fp32 masters + Adam"] = 0.0 if ds.offload_optimizer else optimizer
+    if ds.contiguous_gradients and ds.stage >= 2:
+        buffers = 2 if (ds.stage == 2 and ds.overlap_comm) else 1
+        # CUDA reserves the whole bucket; on CPU only the pages the gradients are written to become resident.
+        touched = ds.reduce_bucket_size if setup.device == "cuda" else min(ds.reduce_bucket_size, n)
+        rows["DeepSpeed buckets"] = buffers * va * touched
+    rows["vision weights (frozen)"] = va * frozen_vision / shard
+    rows["LLM activations"] = micro_batch * llm_activation_bytes(llm, a, seq_len, setup.grad_ckpt)
+    rows["vision activations"] = micro_batch * n_views * va * vision_activation_elements(vision, setup.mode, setup.grad_ckpt)
+    tensors = sum(rows.values())
+    if setup.device == "cuda":
+        g = GPU_ASSUMPTIONS
+        rows["workspace"] = (g["cuda_context_gib"] + (g["nccl_gib"] if W > 1 else 0)) * GIB + g["allocator_slack"] * tensors
+    else:
+        rows["workspace"] = CPU_ASSUMPTIONS["allocator_slack"] * tensors
+    host = (optimizer if ds.offload_optimizer else 0.0) + (a * llm.params / W if zero3 and ds.offload_param else 0.0)
+    return rows, host
+
+
+def estimate(llm: LLMShape, vision: VisionShape, setup: Setup, suggest: bool = True) -> Plan:
+    """Memory per GPU, the largest micro-batch that fits, FLOPs per sample and time per epoch for `setup`."""
+    from r2g.model.flops import FlopCounts, train_flops_per_sample
+
+    if setup.mode not in VISION_SAVED_PER_TOKEN_CHANNEL:
+        raise R2GError(f"--mode '{setup.mode}': choose shallow, delta or deep")
+    if setup.dataset not in DATASETS:
+        raise R2GError(f"--dataset '{setup.dataset}': choose one of {sorted(DATASETS)}")
+    seq = sequence(setup, vision)
+    T = seq["total"]
+    rows, host = memory_rows(llm, vision, setup, T, setup.micro_batch)
+    total, capacity = sum(rows.values()), setup.mem_gib * GIB
+    empty = sum(memory_rows(llm, vision, setup, T, 0)[0].values())
+    per_sample = sum(memory_rows(llm, vision, setup, T, 1)[0].values()) - empty
+    max_micro_batch = max(0, int((capacity - empty) // per_sample))
+
+    counts = FlopCounts(llm_matmul_params=llm.matmul_params, llm_layers=llm.layers, llm_hidden=llm.hidden,
+                        vision_forward=vision.forward_flops, vision_features=vision.features, mode=setup.mode)
+    n_views = DATASETS[setup.dataset]["views"]
+    flops = train_flops_per_sample(counts, T, seq["visual"], n_images=n_views)
+    # Checkpointing recomputes each LLM layer's forward during backward: work done, not model FLOPs.
+    recompute = (2 * llm.matmul_params * T + 4 * llm.layers * T * T * llm.hidden) if setup.grad_ckpt else 0
+    studies = setup.studies or DATASETS[setup.dataset]["train_studies"]
+    samples_per_s = hours = None
+    if setup.peak_tflops:
+        samples_per_s = setup.world * setup.mfu * setup.peak_tflops * 1e12 / (flops + recompute)
+        hours = studies / samples_per_s / 3600
+    assumptions = dict(GPU_ASSUMPTIONS if setup.device == "cuda" else CPU_ASSUMPTIONS, mfu=setup.mfu)
+    plan = Plan(
+        llm=llm.name, llm_params=llm.params, mode=setup.mode,
+        trainable=trainable_params(setup.mode, vision, llm, setup.lora_r), setup=setup, sequence=seq,
+        memory=rows, total=total, capacity=capacity, fits=total <= capacity, max_micro_batch=max_micro_batch,
+        host_per_gpu=host, flops_per_sample=flops, samples_per_s=samples_per_s, hours_per_epoch=hours,
+        studies=studies, assumptions=assumptions,
+    )
+    if suggest and not plan.fits:
+        plan = dataclasses.replace(plan, suggestions=suggestions(llm, vision, setup))
+    return plan
+
+
+def _total(llm: LLMShape, vision: VisionShape, setup: Setup) -> float:
+    return sum(memory_rows(llm, vision, setup, sequence(setup, vision)["total"], setup.micro_batch)[0].values())
+
+
+def suggestions(llm: LLMShape, vision: VisionShape, setup: Setup) -> list[str]:
+    """What would fit instead, each with the flags to pass: --grad-ckpt, a smaller micro-batch, ZeRO-3 over
+    enough GPUs, ZeRO-3 with offload."""
+    capacity = setup.mem_gib * GIB
+
+    def total(**changes) -> float:
+        return _total(llm, vision, dataclasses.replace(setup, **changes))
+
+    out = []
+    ckpt_options = (True,) if setup.grad_ckpt else (False, True)
+    ckpt_flag = lambda ckpt: " --grad-ckpt" if ckpt and not setup.grad_ckpt else ""  # noqa: E731
+    if not setup.grad_ckpt and (t := total(grad_ckpt=True)) <= capacity:
+        out.append(f"--grad-ckpt: {t / GIB:.1f} GiB per GPU at micro-batch {setup.micro_batch}")
+    for ckpt in ckpt_options:
+        smaller = estimate(llm, vision, dataclasses.replace(setup, grad_ckpt=ckpt), suggest=False).max_micro_batch
+        if 1 <= smaller < setup.micro_batch:
+            accum = math.ceil(setup.micro_batch / smaller)
+            out.append(f"--micro-batch {smaller}{ckpt_flag(ckpt)} (with --grad-accum {accum} in r2g train to keep "
+                       "the batch size)")
+            break
+    # ZeRO-3 holds every parameter in one dtype, so bf16-mixed becomes bf16 there (r2g.precision).
+    precision = "bf16" if setup.precision == "bf16-mixed" else setup.precision
+    precision_flag = " --precision bf16" if precision != setup.precision else ""
+    zero3 = read_ds("ds_configs/zero3.json")
+    found = next(((world, ckpt, t) for ckpt in ckpt_options for world in range(1, 4097)
+                  if (t := total(ds=zero3, grad_ckpt=ckpt, gpus=world, nodes=1, precision=precision)) <= capacity), None)
+    if found and (found[0] > setup.world or setup.ds.stage != 3):
+        world, ckpt, t = found
+        out.append(f"--ds ds_configs/zero3.json{ckpt_flag(ckpt)}{precision_flag} over >= {world} GPUs: "
+                   f"{t / GIB:.1f} GiB per GPU at micro-batch {setup.micro_batch}")
+    offload = dataclasses.replace(setup, ds=read_ds("ds_configs/zero3_offload.json"), grad_ckpt=True, precision=precision)
+    if (t := _total(llm, vision, offload)) <= capacity:
+        host = memory_rows(llm, vision, offload, sequence(offload, vision)["total"], offload.micro_batch)[1]
+        out.append(f"--ds ds_configs/zero3_offload.json{ckpt_flag(True)}{precision_flag} on {setup.world} GPU(s): {t / GIB:.1f} GiB "
+                   f"per GPU and {host / GIB:.1f} GiB of host memory per GPU")
+    if not out:
+        out.append("nothing found up to 4,096 GPUs at this micro-batch: lower --micro-batch or use GPUs with more memory")
+    return out
