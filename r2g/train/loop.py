@@ -1,8 +1,9 @@
 """The training recipe: setup → train (forward, engine.backward, engine.step) → validate/save → cleanup.
 
 Runs unchanged under `deepspeed`, `torchrun` and plain `python`, on GPUs (bf16, NCCL) and on CPU (fp32,
-gloo). Under ZeRO-3 the frozen LLM is partitioned across ranks while it loads (HF's DeepSpeed
-integration runs `from_pretrained` inside `deepspeed.zero.Init`), so no rank ever holds all of it.
+gloo). Under ZeRO-3 the frozen LLM is partitioned across ranks while it loads (built under
+`deepspeed.zero.Init`, each rank reading only its share of the weights: r2g/model/zero3_load.py), so no
+rank ever holds all of it.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ def run(cfg: RunConfig) -> dict:
     precision = resolve_precision(t.precision, device, stage)
     ds = resolve_ds_config(t.ds_config, cfg, world, total_steps, precision.ds_bf16)
 
-    # Model: keep the HfDeepSpeedConfig alive across from_pretrained so ZeRO-3 partitions the LLM at load.
+    # Model: keep the HfDeepSpeedConfig alive across build_model so ZeRO-3 partitions the LLM at load.
     hf_ds = HfDeepSpeedConfig(ds) if stage == 3 else None  # noqa: F841
     model = build_model(cfg.model, dtype=precision.llm_dtype)
     table = model.param_table()
