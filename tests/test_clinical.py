@@ -235,3 +235,17 @@ def test_micro_f1_gain_by_hand_with_a_paired_bootstrap_interval():
     assert narrow["high"] - narrow["low"] < wide["high"] - wide["low"]
     with pytest.raises(R2GError, match="same non-empty reports"):
         micro_f1_gain(REF, REF[:2], PRED)
+
+
+def test_report_tables_show_both_ce_conventions(tmp_path):
+    """metrics.json's CE keys reach the report's metric table, each variant on its own labelled row."""
+    from r2g.eval.report import write_report
+
+    ce = compute_ce(REF, PRED)
+    rows = [{"id": "a", "prediction": "p", "reference": "r", "score": 0.5, "labels_pred": PRED[0], "labels_ref": REF[0]}]
+    markdown = write_report(tmp_path, rows, ce, {}, "run", n_examples=0)["markdown"].read_text()
+    upos = next(line for line in markdown.splitlines() if "14 labels, uncertain counts as positive" in line)
+    assert f"{ce['ce_upos_micro_f1']:.3f}" in upos and f"{ce['ce_upos_micro_precision']:.3f}" in upos
+    five_upos = next(line for line in markdown.splitlines() if "5 labels, uncertain counts as positive" in line)
+    assert f"{ce['ce5_upos_micro_f1']:.3f}" in five_upos
+    assert "Other metrics" not in markdown  # every CE key has its row, none is left to the catch-all table

@@ -21,29 +21,23 @@ from pathlib import Path
 from PIL import Image
 
 from r2g.errors import R2GError
-from r2g.labels import CHEXPERT_5, CHEXPERT_LABELS
+from r2g.labels import CHEXPERT_LABELS
+from r2g.metrics.keys import CE_CONVENTIONS, CE_SCORES, NLG_METRICS
 
 THUMBNAIL_SIDE = 192
 MISSING = "n/a"
 
-NLG_METRICS = (("BLEU_1", "BLEU-1"), ("BLEU_2", "BLEU-2"), ("BLEU_3", "BLEU-3"), ("BLEU_4", "BLEU-4"),
-               ("METEOR", "METEOR"), ("ROUGE_L", "ROUGE-L"), ("CIDEr", "CIDEr"))
 NLG_NOTE = ("Scores on R2Gen-cleaned text, computed with pycocoevalcap without the PTB tokenizer, "
             "against the full reference reports.")
 
-# (convention, [(average, key prefix)]): each prefix has _precision, _recall and _f1 keys.
-CE_CONVENTIONS = (
-    ("micro / macro over 14 labels (positive = 1 only; R2Gen compute_ce)",
-     (("micro", "ce_micro"), ("macro", "ce_macro"))),
-    ("example-based (PromptMRG)", (("per report", "ce_example"),)),
-    (f"5 labels ({', '.join(CHEXPERT_5)})", (("micro", "ce5_micro"), ("macro", "ce5_macro"))),
-)
-CE_NOTE = "Only label 1 counts as positive; 0, -1 (uncertain) and blank count as negative."
+CE_NOTE = ("Labels from the reference and generated reports (CheXpert-style labeler). \"positive = 1 only\": "
+           "0, -1 (uncertain) and blank count as negative; \"uncertain counts as positive\": 1 and -1 count as "
+           "positive on both sides.")
 PER_LABEL_NOTE = "14-label convention (positive = 1 only); support = positive reference reports."
 
 KNOWN_KEYS = ({key for key, _ in NLG_METRICS} | {"per_label"}
               | {f"{prefix}_{score}" for _, averages in CE_CONVENTIONS for _, prefix in averages
-                 for score in ("precision", "recall", "f1")})
+                 for score in CE_SCORES})
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
@@ -143,7 +137,7 @@ def _ce_table(metrics: dict) -> _Table:
     rows = []
     for convention, averages in CE_CONVENTIONS:
         for i, (average, prefix) in enumerate(averages):
-            scores = (_fmt(metrics.get(f"{prefix}_{score}")) for score in ("precision", "recall", "f1"))
+            scores = (_fmt(metrics.get(f"{prefix}_{score}")) for score in CE_SCORES)
             rows.append((convention if i == 0 else "", average, *scores))
     return _Table(("Convention", "Average", "Precision", "Recall", "F1"), rows, text_columns=2)
 

@@ -23,7 +23,7 @@ CE_CONVENTIONS = (
     ("14 labels, positive = 1 only (R2Gen compute_ce)", (("micro", "ce_micro"), ("macro", "ce_macro"))),
     ("14 labels, uncertain counts as positive (LLaVA-Rad, CheXagent)",
      (("micro", "ce_upos_micro"), ("macro", "ce_upos_macro"))),
-    ("example-based, positive = 1 only (PromptMRG)", (("per report", "ce_example"),)),
+    ("example-based (PromptMRG), positive = 1 only", (("per report", "ce_example"),)),
     (f"5 labels ({_FIVE}), positive = 1 only", (("micro", "ce5_micro"), ("macro", "ce5_macro"))),
     ("5 labels, uncertain counts as positive (LLaVA-Rad, CheXagent)",
      (("micro", "ce5_upos_micro"), ("macro", "ce5_upos_macro"))),
