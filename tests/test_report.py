@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from r2g.errors import R2GError
-from r2g.eval.report import write_report
+from r2g.eval.report import REFERENCES_FULL, REFERENCES_TRUNCATED, write_report
 from r2g.labels import CHEXPERT_LABELS
 
 METRICS = {"BLEU_1": 0.1234, "BLEU_2": 0.2, "BLEU_3": 0.3, "BLEU_4": 0.0456, "ROUGE_L": 0.5, "CIDEr": 1.25,
@@ -125,3 +125,15 @@ def test_no_examples(tmp_path):
 def test_negative_examples_rejected(tmp_path):
     with pytest.raises(R2GError, match="n_examples"):
         write_report(tmp_path, make_rows(2), METRICS, {}, "t", n_examples=-1)
+
+
+def test_nlg_note_says_what_the_scores_were_computed_against(tmp_path):
+    def note(metrics: dict) -> str:
+        md = write_report(tmp_path, make_rows(2), metrics, {}, "t", n_examples=0)["markdown"].read_text()
+        return section(md, "Language metrics (NLG)")
+
+    full, truncated = note({"references": REFERENCES_FULL}), note({"references": REFERENCES_TRUNCATED})
+    assert "against the full reference reports" in full and "truncated" not in full
+    assert "against the reference reports truncated to the LLM's token budget" in truncated
+    assert "full reference" not in truncated
+    assert "against" not in note({})  # metrics that do not say (e.g. a bare metrics dict): no claim either way

@@ -27,8 +27,13 @@ from r2g.metrics.keys import CE_CONVENTIONS, CE_SCORES, NLG_METRICS
 THUMBNAIL_SIDE = 192
 MISSING = "n/a"
 
-NLG_NOTE = ("Scores on R2Gen-cleaned text, computed with pycocoevalcap without the PTB tokenizer, "
-            "against the full reference reports.")
+NLG_NOTE = "Scores on R2Gen-cleaned text, computed with pycocoevalcap without the PTB tokenizer"
+# metrics["references"]: what the predictions were scored against (r2g.eval.run writes one of these).
+REFERENCES_FULL = "full cleaned reports"
+REFERENCES_TRUNCATED = "truncated to the token budget (reference-implementation compatibility)"
+AGAINST = {REFERENCES_FULL: "against the full reference reports.",
+           REFERENCES_TRUNCATED: "against the reference reports truncated to the LLM's token budget, as the reference "
+                                 "implementation scores them (this inflates the scores)."}
 
 CE_NOTE = ("Labels from the reference and generated reports (CheXpert-style labeler). \"positive = 1 only\": "
            "0, -1 (uncertain) and blank count as negative; \"uncertain counts as positive\": 1 and -1 count as "
@@ -112,7 +117,7 @@ def _is_number(value) -> bool:
 
 def _metric_sections(metrics: dict) -> list[_Section]:
     """NLG, CE and per-label tables, then tables of unknown numbers and string notes when there are any."""
-    sections = [_Section("Language metrics (NLG)", NLG_NOTE, _nlg_table(metrics)),
+    sections = [_Section("Language metrics (NLG)", _nlg_note(metrics), _nlg_table(metrics)),
                 _Section("Clinical efficacy (CE)", CE_NOTE, _ce_table(metrics))]
     if metrics.get("per_label"):
         per_label = _per_label_table(metrics["per_label"])
@@ -124,6 +129,12 @@ def _metric_sections(metrics: dict) -> list[_Section]:
     if notes:
         sections.append(_Section("Notes", "", _Table(("Key", "Value"), notes, text_columns=2)))
     return sections
+
+
+def _nlg_note(metrics: dict) -> str:
+    """How the NLG scores were computed, saying what they were scored against when `metrics` records it."""
+    against = AGAINST.get(metrics.get("references"))
+    return f"{NLG_NOTE}, {against}" if against else f"{NLG_NOTE}."
 
 
 def _nlg_table(metrics: dict) -> _Table:
