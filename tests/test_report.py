@@ -1,13 +1,16 @@
-"""The evaluation report: example selection, metric formatting, HTML escaping and embedded thumbnails."""
+"""The evaluation report: example selection, metric formatting, HTML escaping, embedded thumbnails, the NLG note's
+reference wording, and the training curves."""
 
 import base64
 import io
+import json
 import re
 
 import pytest
 from PIL import Image
 
 from r2g.errors import R2GError
+from r2g.eval.curves import draw, read_series, training_curves
 from r2g.eval.report import REFERENCES_FULL, REFERENCES_TRUNCATED, write_report
 from r2g.labels import CHEXPERT_LABELS
 
@@ -137,3 +140,49 @@ def test_nlg_note_says_what_the_scores_were_computed_against(tmp_path):
     assert "against the reference reports truncated to the LLM's token budget" in truncated
     assert "full reference" not in truncated
     assert "against" not in note({})  # metrics that do not say (e.g. a bare metrics dict): no claim either way
+
+
+def write_log(path, records: list[dict], tail: str = "") -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + tail)
+
+
+LOG = [{"step": 0, "time": 1.0, "llm_weights_held": 10},
+       *({"step": s, "time": 1.0 + s, "epoch": 0, "loss": 3.0 - 0.1 * s, "lr": 1e-4 * s} for s in range(1, 5)),
+       {"step": 4, "time": 9.0, "val/BLEU_4": 0.1, "val/CIDEr": 0.2, "val/select": 0.15, "val/num_reports": 4},
+       {"step": 3, "time": 10.0, "loss": 9.0, "lr": 3e-4},  # resumed after step 2: step 3 again, with a new loss
+       {"step": 4, "time": 11.0, "loss": 8.0, "lr": 4e-4}]
+
+
+def test_training_curves_plot_the_log(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    write_log(log, LOG, tail='{"step": 5, "loss": 1.')  # a line cut by a crash is skipped
+    series = read_series(log)
+    assert series["loss"] == {1: 2.9, 2: 2.8, 3: 9.0, 4: 8.0}  # the last record of a step wins
+    assert series["val/BLEU_4"] == {4: 0.1} and "time" not in series and "step" not in series
+
+    loss_ax, lr_ax, val_ax = draw(series).axes
+    assert loss_ax.lines[0].get_xydata().tolist() == [[1, 2.9], [2, 2.8], [3, 9.0], [4, 8.0]]
+    assert lr_ax.lines[0].get_ydata().tolist() == pytest.approx([1e-4, 2e-4, 3e-4, 4e-4])
+    assert [line.get_label() for line in val_ax.lines] == ["select", "BLEU_4", "CIDEr"]
+
+    png_bytes = training_curves(log)
+    assert Image.open(io.BytesIO(png_bytes)).size == (1080, 288)  # 12 x 3.2 inches at 90 dpi
+
+
+def test_training_curves_absent_without_a_log_with_losses(tmp_path):
+    assert training_curves(tmp_path / "metrics.jsonl") is None
+    write_log(tmp_path / "metrics.jsonl", LOG[:1])  # started, never logged a step
+    assert training_curves(tmp_path / "metrics.jsonl") is None
+
+
+def test_report_embeds_the_curves_when_given(tmp_path):
+    curves = png((300, 80))
+    with_curves = write_report(tmp_path / "a", make_rows(3), METRICS, {}, "t", n_examples=1, curves=curves)
+    page = with_curves["html"].read_text()
+    uri = re.search(r'<img class="curves" src="data:image/png;base64,([^"]+)" alt="training curves">', page).group(1)
+    assert base64.b64decode(uri) == curves
+    assert page.index("Training curves") < page.index("Best examples")
+    assert "## Training curves" in with_curves["markdown"].read_text()
+
+    without = write_report(tmp_path / "b", make_rows(3), METRICS, {}, "t", n_examples=1)
+    assert "Training curves" not in without["html"].read_text() + without["markdown"].read_text()

@@ -4,7 +4,8 @@ Both files hold the same content: the NLG metrics, the clinical-efficacy (CE) me
 conventions, the per-label CE scores, any other numbers and string notes found in `metrics`, then example
 studies: the best and worst `n_examples` by per-report score and `n_examples` random others (seeded). Each
 example shows its reference and prediction side by side and the CheXpert labels on which they differ; the
-HTML page also shows the study's images as small embedded PNG thumbnails (no external files, fonts or JS).
+HTML page also shows the study's images as small embedded PNG thumbnails and, when given, the training curves
+(no external files, fonts or JS).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ REFERENCES_TRUNCATED = "truncated to the token budget (reference-implementation 
 AGAINST = {REFERENCES_FULL: "against the full reference reports.",
            REFERENCES_TRUNCATED: "against the reference reports truncated to the LLM's token budget, as the reference "
                                  "implementation scores them (this inflates the scores)."}
+CURVES_NOTE = ("Training loss and learning rate at each logged step, validation scores at each validation, "
+               "from the run's metrics.jsonl.")
 
 CE_NOTE = ("Labels from the reference and generated reports (CheXpert-style labeler). \"positive = 1 only\": "
            "0, -1 (uncertain) and blank count as negative; \"uncertain counts as positive\": 1 and -1 count as "
@@ -62,6 +65,7 @@ table.pair td.text { white-space: pre-wrap; }
 td.images img { display: block; margin: 0 0 4px; border: 1px solid #d0d7de; }
 .noimg { color: #8c959f; font-style: italic; }
 p.diffs { font-size: .9rem; margin: .3rem 0; }
+img.curves { max-width: 100%; }
 """
 
 
@@ -82,12 +86,13 @@ class _Section:
 
 
 def write_report(out_dir: Path, rows: list[dict], metrics: dict, thumbnails: dict[str, list[bytes]], title: str,
-                 n_examples: int = 5, seed: int = 0) -> dict[str, Path]:
+                 n_examples: int = 5, seed: int = 0, curves: bytes | None = None) -> dict[str, Path]:
     """Write `out_dir/report.md` and `out_dir/report.html`; returns {"markdown": path, "html": path}.
 
     `rows`: one per study, {"id", "prediction", "reference", "score", "labels_pred", "labels_ref"};
     `metrics`: NLG and CE floats, "per_label", and optional string notes; `thumbnails`: id -> image bytes
-    (PNG or JPEG, one per view; ids may be missing).
+    (PNG or JPEG, one per view; ids may be missing); `curves`: a PNG of the training curves
+    (r2g.eval.curves), shown in the HTML page when given.
     """
     if n_examples < 0:
         raise R2GError(f"n_examples is {n_examples}: pass 0 or more examples per section")
@@ -96,8 +101,9 @@ def write_report(out_dir: Path, rows: list[dict], metrics: dict, thumbnails: dic
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out_dir / "report.md", "html": out_dir / "report.html"}
-    paths["markdown"].write_text(_render_markdown(title, len(rows), sections, examples, thumbnails), encoding="utf-8")
-    paths["html"].write_text(_render_html(title, len(rows), sections, examples, thumbnails), encoding="utf-8")
+    paths["markdown"].write_text(_render_markdown(title, len(rows), sections, examples, thumbnails, curves is not None),
+                                 encoding="utf-8")
+    paths["html"].write_text(_render_html(title, len(rows), sections, examples, thumbnails, curves), encoding="utf-8")
     return paths
 
 
@@ -222,10 +228,12 @@ def _md_example(rank: int, row: dict, n_images: int) -> str:
 
 
 def _render_markdown(title: str, n_rows: int, sections: list[_Section], examples: list[tuple[str, str, list[dict]]],
-                     thumbnails: dict[str, list[bytes]]) -> str:
+                     thumbnails: dict[str, list[bytes]], curves: bool) -> str:
     parts = [f"# {_md(title)}", f"{n_rows} studies. Image thumbnails are in report.html."]
     for section in sections:
         parts += [f"## {section.heading}", *([section.note] if section.note else []), _md_table(section.table)]
+    if curves:
+        parts += ["## Training curves", f"{CURVES_NOTE} The figure is in report.html."]
     for heading, note, chosen in examples:
         parts += [f"## {heading}", note]
         parts += [_md_example(rank, row, len(thumbnails.get(row["id"], [])))
@@ -288,13 +296,17 @@ def _html_example(rank: int, row: dict, views: list[bytes]) -> str:
 
 
 def _render_html(title: str, n_rows: int, sections: list[_Section], examples: list[tuple[str, str, list[dict]]],
-                 thumbnails: dict[str, list[bytes]]) -> str:
+                 thumbnails: dict[str, list[bytes]], curves: bytes | None) -> str:
     parts = [f"<h1>{html.escape(title)}</h1>", f'<p class="note">{n_rows} studies.</p>']
     for section in sections:
         parts.append(f"<h2>{html.escape(section.heading)}</h2>")
         if section.note:
             parts.append(f'<p class="note">{html.escape(section.note)}</p>')
         parts.append(_html_table(section.table))
+    if curves is not None:  # as PNG bytes, like the thumbnails: the page stays one self-contained file
+        uri = "data:image/png;base64," + base64.b64encode(curves).decode("ascii")
+        parts += ["<h2>Training curves</h2>", f'<p class="note">{html.escape(CURVES_NOTE)}</p>',
+                  f'<img class="curves" src="{uri}" alt="training curves">']
     for heading, note, chosen in examples:
         parts += [f"<h2>{html.escape(heading)}</h2>", f'<p class="note">{html.escape(note)}</p>']
         parts += [_html_example(rank, row, thumbnails.get(row["id"], [])) for rank, row in enumerate(chosen, 1)]
