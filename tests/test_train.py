@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from r2g.config import RunConfig
@@ -164,3 +165,19 @@ def test_bad_inputs_say_what_to_fix(assets, tmp_path):
 
     r = train(assets, tmp_path / "d", "--select-metric", "accuracy", check=False)
     assert r.returncode == 2 and "--select-metric 'accuracy' is unknown" in r.stdout
+
+
+def test_reference_recipe_trains_bf16_mixed_on_the_per_epoch_cosine(assets, tmp_path):
+    """r2gengpt-iu-shallow with a smaller global batch: 24 studies / (4 × 2 accumulation) = 3 steps an epoch."""
+    out = tmp_path / "run"
+    result = train(assets, out, "--recipe", "r2gengpt-iu-shallow", "--micro-batch", "4", "--global-batch", "8",
+                   "--epochs", "2", "--val-samples", "2")
+    assert "bf16-mixed" in result.stdout and "3 steps/epoch" in result.stdout
+    cfg = RunConfig.load(out / "r2g_config.json")
+    assert (cfg.train.recipe, cfg.train.grad_accum, cfg.model.keep_eos) == ("r2gengpt-iu-shallow", 2, False)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lr = {r["step"]: r["lr"] for r in rows if "lr" in r}  # the lr the next step will use
+    assert lr[1] == lr[2] == pytest.approx(1e-4) and lr[3] == lr[5] == pytest.approx((1e-4 + 1e-6) / 2)
+    weights = load_file(out / "trainable.safetensors")
+    assert all(w.dtype == torch.float32 for w in weights.values())  # fp32 trainables under bf16 autocast
+    assert json.loads((out / "best.json").read_text())["step"] in (3, 6)  # validated (in bf16-mixed) each epoch
