@@ -12,8 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from r2g.config import DataConfig, ModelConfig, RunConfig
 from r2g.errors import R2GError
 from r2g.eval.reconstitute import reconstitute, zero_checkpoint_weights
+from r2g.train.checkpoint import write_run_config
 
 from .test_train import ROOT, _env, assets, train  # noqa: F401  (assets is a fixture)
 
@@ -108,3 +110,16 @@ def test_generate_writes_reports_and_rejects_unreadable_images(run_dir, assets, 
     assert r.returncode == 2 and "broken.png: not a readable image" in r.stdout and "Traceback" not in r.stderr
     r = r2g("generate", "--ckpt", str(tmp_path / "no-run"), str(images / "s0001" / "0.png"))
     assert r.returncode == 2 and "r2g_config.json: not found" in r.stdout
+
+
+def test_run_config_records_absolute_base_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = RunConfig(data=DataConfig(shards="data/shards"),
+                    model=ModelConfig(llm="models/llm", vision_weights="models/swin.safetensors"))
+    write_run_config(tmp_path, cfg, "0" * 64)
+    saved = RunConfig.load(tmp_path / "r2g_config.json")
+    assert saved.model.llm == str(tmp_path / "models" / "llm")
+    assert saved.model.vision_weights == str(tmp_path / "models" / "swin.safetensors")
+    assert saved.data.shards == str(tmp_path / "data" / "shards")
+    write_run_config(tmp_path, RunConfig(model=ModelConfig(llm="models/llm", vision_weights="none")), "0" * 64)
+    assert RunConfig.load(tmp_path / "r2g_config.json").model.vision_weights == "none"  # a random Swin: no path

@@ -167,11 +167,14 @@ class R2GenGPT(nn.Module):
         return [(g, n_train, n_total) for g, (n_train, n_total) in counts.items() if n_total]
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Only the trainable tensors, under their module names (what `trainable.safetensors` holds)."""
+        """The trainable tensors under their module names: the names and shapes of `trainable.safetensors`. (Training
+        writes that file from DeepSpeed's fp32 masters, `train.checkpoint.gather_trainable`, not from this, which
+        under ZeRO-3 or bf16 would give partitions or bf16 copies.)"""
         return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
 
     def load_trainable_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
-        """Load tensors saved by `trainable_state_dict`, strictly: same names and shapes, nothing else."""
+        """Load a run's `trainable.safetensors` (or `trainable_state_dict`), strictly: same names and shapes,
+        nothing else."""
         params = {name: p for name, p in self.named_parameters() if p.requires_grad}
         mismatch = state_dict_mismatch(params, sd)
         if mismatch:

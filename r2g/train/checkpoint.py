@@ -12,6 +12,7 @@ A run folder holds:
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -71,7 +72,13 @@ def gather_trainable(engine) -> dict[str, torch.Tensor]:
 
 
 def write_run_config(out: Path, cfg: RunConfig, llm_config_sha256: str) -> None:
+    """r2g_config.json, its base paths (LLM, vision weights, shards) made absolute so that the run folder
+    rebuilds its model from any working directory."""
     data = cfg.to_dict()
+    data["model"]["llm"] = os.path.abspath(cfg.model.llm)
+    if cfg.model.vision_weights_file:  # else a random Swin: no path
+        data["model"]["vision_weights"] = os.path.abspath(cfg.model.vision_weights_file)
+    data["data"]["shards"] = os.path.abspath(cfg.data.shards)
     data["meta"] = {"llm_config_sha256": llm_config_sha256}
     (out / "r2g_config.json").write_text(json.dumps(data, indent=2) + "\n")
 
