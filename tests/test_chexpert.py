@@ -391,3 +391,8 @@ def test_phrase_gaps_stay_in_their_sentence():
 
 def test_whole_words_only():
     assert _non_blank(label_report("Status post cholecystectomy.")) == {NF: 1}  # contains "cyst"
+    # CheXpert's substrings would find a Support Device ("tube", "plate") in each of these.
+    assert _non_blank(label_report("No evidence of tuberculosis.")) == {NF: 1}
+    assert _non_blank(label_report("Degenerative endplate changes.")) == {}  # an other finding, no device
+    assert _non_blank(label_report("Right basilar plate-like atelectasis.")) == {"Atelectasis": 1}
+    assert _non_blank(label_report("Screw fixation of the clavicle.")) == {"Support Devices": 1, NF: 1}
