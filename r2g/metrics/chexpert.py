@@ -25,7 +25,7 @@ instead of dependency parses:
    negation on: "no focal opacity to suggest pneumonia" -> Pneumonia 0. Words inside a pseudo-trigger
    ("no interval change in cardiomegaly") trigger nothing. Of overlapping phrases the longest wins
    ("not excluded" over "not", "cannot exclude" over "exclude"). `uncertainty_after_negation.txt` ("or",
-   "and/or") hedges the mentions on both sides of it unless a negation reaches them ("atelectasis or
+   "and/or") hedges the mentions up to CONJUNCT_WORDS words either side of it unless a negation reaches them ("atelectasis or
    pneumonia" -> both -1, "no effusion or pneumothorax" -> both 0), as CheXpert checks those patterns only after
    its negation patterns.
 3. Aggregation per report, as CheXpert's: 1 if any mention is positive, else -1 if any is uncertain, else 0
