@@ -88,7 +88,7 @@ def split_shards(shards: str | Path, split: str, skip_damaged: bool = False) -> 
             expected[path] = readable
     if lost and not skip_damaged:
         listed = "; ".join(f"{d['shard']}: {d['read']} of {d['expected']} samples readable" for d in lost)
-        raise R2GError(f"{len(lost)} shard(s) changed since sharding (size differs from manifest.json): {listed}. "
+        raise R2GError(f"{len(lost)} shard(s) changed since sharding (size differs from manifest.json): {listed}; "
                        f"{_FIX.format(root=shards)}; or pass --skip-damaged-shards to read on without the lost samples")
     return SplitShards(list(expected), expected, sum(expected.values()), lost)
 
