@@ -17,7 +17,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 def collect_studies(inputs: list[str]) -> list[list[Path]]:
     """Each argument is one study: an image, `frontal.png,lateral.png` (a study with two views), or a folder
-    (each image inside becomes its own study, in name order)."""
+    (each image inside becomes its own study, in name order). Every image is checked to exist and decode, so
+    a bad one fails before the model loads."""
     studies = []
     for arg in inputs:
         if "," in arg:
@@ -31,12 +32,25 @@ def collect_studies(inputs: list[str]) -> list[list[Path]]:
             studies.append([Path(arg)])
     if not studies:
         raise R2GError("no images given: pass image files, folders, or frontal.png,lateral.png pairs")
+    for paths in studies:
+        for path in paths:
+            check_image(path)
     return studies
 
 
-def load_view(path: Path, transform) -> torch.Tensor:
+def check_image(path: Path) -> None:
+    """Raise R2GError unless `path` is an image file PIL decodes whole. (Image.verify would be cheaper but
+    does not read JPEG data, so a truncated JPEG would pass.)"""
     if not path.is_file():
         raise R2GError(f"{path}: image not found")
+    try:
+        with Image.open(path) as img:
+            img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:  # SyntaxError: PIL's bad-PNG-chunk error
+        raise R2GError(f"{path}: not a readable image ({e})") from None
+
+
+def load_view(path: Path, transform) -> torch.Tensor:
     try:
         with Image.open(path) as img:
             return to_rgb_tensor(img, transform)
