@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from r2g.config import GenerateConfig, replace  # noqa: E402
-from r2g.dist import auto_dtype  # noqa: E402
+from r2g.eval.reconstitute import inference_placement, load_for_inference, open_run  # noqa: E402
 
 
 def tiny_model(device: torch.device, dtype: torch.dtype):
@@ -122,16 +122,14 @@ def compare(batched: list[str], single: list[str], num_beams: int) -> dict:
 
 def load(args) -> tuple:
     """(model on the device, GenerateConfig, studies, description of model and images) for the arguments."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = auto_dtype(device)  # as r2g eval
+    device, dtype = inference_placement()  # as r2g eval and r2g generate
     if not args.ckpt:
         model, image_size = tiny_model(device, dtype)
         gen = GenerateConfig(min_new_tokens=args.new_tokens, max_new_tokens=args.new_tokens)
         studies = random_studies(args.reports, image_size)
         return model.to(device), gen, studies, {"model": "tiny random model (bench/shapes.py)", "images": "random pixels, one view"}
-    from r2g.eval.reconstitute import reconstitute
-
-    model, cfg = reconstitute(args.ckpt, dtype=dtype)
+    run = open_run(args.ckpt)
+    model, cfg = load_for_inference(run, device), run.cfg
     if args.shards:
         studies, images = shard_studies(args.shards, args.split, args.reports, cfg.data), f"{args.split} split of {args.shards}"
     else:

@@ -1,26 +1,36 @@
 """Evaluation through the real commands: reconstitution (safetensors and ZeRO checkpoint), `r2g eval`,
-`r2g generate`, `r2g score`, and their bad-input messages."""
+`r2g generate`, `r2g score`, run folders used from other directories, and the bad-input messages (given
+before any model loads)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
 
+from r2g import cli
 from r2g.config import DataConfig, ModelConfig, RunConfig
 from r2g.errors import R2GError
-from r2g.eval.reconstitute import reconstitute, zero_checkpoint_weights
+from r2g.eval import generate as generate_module
+from r2g.eval import reconstitute as reconstitute_module
+from r2g.eval import run as run_module
+from r2g.eval.reconstitute import inference_placement, load_for_inference, open_run, zero_checkpoint_weights
+from r2g.model.vision import build_vision_encoder
 from r2g.train.checkpoint import write_run_config
 
+from .conftest import TINY_VISION_KWARGS
 from .test_train import ROOT, _env, assets, train  # noqa: F401  (assets is a fixture)
 
 pytestmark = pytest.mark.slow
 R2G = [sys.executable, "-m", "r2g.cli"]
+FAST = ("--num-beams", "1", "--max-new-tokens", "3", "--min-new-tokens", "1")  # generation settings for speed
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +43,15 @@ def run_dir(assets, tmp_path_factory):  # noqa: F811
 
 def r2g(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*R2G, *args], capture_output=True, text=True, env=_env(), timeout=600, cwd=ROOT)
+
+
+def r2g_here(*args: str):
+    """`r2g` in this process (so a test can patch the library), from the current directory."""
+    return CliRunner().invoke(cli.app, [str(a) for a in args])
+
+
+def image(assets: Path, study: int = 1) -> str:  # noqa: F811
+    return str(assets / "raw" / "images" / f"s{study:04d}" / "0.png")
 
 
 def test_zero_checkpoint_weights_equal_zero_to_fp32_and_the_export(run_dir, tmp_path):
@@ -50,10 +69,11 @@ def test_zero_checkpoint_weights_equal_zero_to_fp32_and_the_export(run_dir, tmp_
 
 
 def test_reconstitute_loads_trained_weights_and_checks_the_base_llm(run_dir, assets, tmp_path):  # noqa: F811
-    model, cfg = reconstitute(run_dir)
+    run = open_run(run_dir)
+    model = load_for_inference(run, torch.device("cpu"))
     export = load_file(run_dir / "trainable.safetensors")
     assert all(torch.equal(p.detach(), export[n]) for n, p in model.named_parameters() if p.requires_grad)
-    assert cfg.model.mode == "delta"
+    assert run.cfg.model.mode == "delta" and not model.training
 
     other = tmp_path / "other-llm"
     other.mkdir()
@@ -63,15 +83,16 @@ def test_reconstitute_loads_trained_weights_and_checks_the_base_llm(run_dir, ass
     config["rms_norm_eps"] = 1e-5 if config.get("rms_norm_eps") != 1e-5 else 1e-6
     (other / "config.json").write_text(json.dumps(config))
     with pytest.raises(R2GError, match="differs from the base LLM this run was trained on"):
-        reconstitute(run_dir, llm=str(other))
-    reconstitute(run_dir, llm=str(other), allow_llm_mismatch=True)
+        open_run(run_dir, llm=str(other))
+    assert open_run(run_dir, llm=str(other), allow_llm_mismatch=True).cfg.model.llm == str(other)
     with pytest.raises(R2GError, match="no such checkpoint"):
         zero_checkpoint_weights(run_dir, "step99")
 
 
 def test_eval_command_writes_predictions_metrics_and_report(run_dir, assets, tmp_path):  # noqa: F811
     out = tmp_path / "eval"
-    r = r2g("eval", "--ckpt", str(run_dir), "--shards", str(assets / "shards"), "--split", "test", "--out", str(out),
+    # no --shards: the run's own, from its r2g_config.json
+    r = r2g("eval", "--ckpt", str(run_dir), "--split", "test", "--out", str(out),
             "--no-meteor", "--workers", "1", "--num-beams", "2", "--max-new-tokens", "6", "--min-new-tokens", "1",
             "--checkpoint", "latest")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -83,8 +104,10 @@ def test_eval_command_writes_predictions_metrics_and_report(run_dir, assets, tmp
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["studies"] == 4 and "BLEU_4" in metrics and "ce_micro_f1" in metrics and "METEOR" not in metrics
     assert metrics["references"] == "full cleaned reports" and metrics["weights"] == "latest"
+    assert metrics["shards"] == str(assets / "shards")
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "s0030" in html
+    assert 'alt="training curves"' in html  # from the run's metrics.jsonl
     assert (out / "report.md").is_file() and "BLEU_4" in r.stdout
 
     # the same file scores again through `r2g score`
@@ -112,6 +135,31 @@ def test_generate_writes_reports_and_rejects_unreadable_images(run_dir, assets, 
     assert r.returncode == 2 and "r2g_config.json: not found" in r.stdout
 
 
+def test_inference_placement_is_cuda_in_bf16_when_there_is_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert inference_placement() == (torch.device("cuda"), torch.bfloat16)
+    assert inference_placement(torch.device("cuda", 1)) == (torch.device("cuda", 1), torch.bfloat16)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert inference_placement() == (torch.device("cpu"), torch.float32)
+
+
+def test_generate_builds_the_model_where_inference_placement_says(run_dir, assets, tmp_path, monkeypatch):  # noqa: F811
+    # `r2g generate` used to build the model in fp32 on the CPU whatever the machine; it now goes through the
+    # shared loader, so a GPU placement (here bf16, on the CPU so that the test needs no GPU) reaches the model.
+    monkeypatch.setattr(reconstitute_module, "inference_placement", lambda device=None: (torch.device("cpu"), torch.bfloat16))
+    seen, original = [], generate_module.generate_reports
+
+    def spy(model, cfg, studies, overrides):
+        seen.append((next(model.llm.parameters()).dtype, next(model.mapper.parameters()).device.type))
+        return original(model, cfg, studies, overrides)
+
+    monkeypatch.setattr(generate_module, "generate_reports", spy)
+    out = tmp_path / "reports.txt"
+    r = r2g_here("generate", "--ckpt", run_dir, image(assets), "--out", out, *FAST)
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    assert seen == [(torch.bfloat16, "cpu")] and len(out.read_text().splitlines()) == 1
+
+
 def test_run_config_records_absolute_base_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = RunConfig(data=DataConfig(shards="data/shards"),
@@ -123,3 +171,68 @@ def test_run_config_records_absolute_base_paths(tmp_path, monkeypatch):
     assert saved.data.shards == str(tmp_path / "data" / "shards")
     write_run_config(tmp_path, RunConfig(model=ModelConfig(llm="models/llm", vision_weights="none")), "0" * 64)
     assert RunConfig.load(tmp_path / "r2g_config.json").model.vision_weights == "none"  # a random Swin: no path
+
+
+def test_a_run_folder_works_from_any_directory(run_dir, assets, tmp_path, monkeypatch):  # noqa: F811
+    # A run that recorded its base paths relative to where it was trained (tmp_path), as runs did before they
+    # were written absolute: the demo's demo/tiny-lm, used after `cd demo`.
+    proj = tmp_path / "proj"
+    shutil.copytree(assets / "llm", proj / "models" / "llm")
+    swin = build_vision_encoder(ModelConfig(vision_arch="swin_tiny_patch4_window7_224", vision_kwargs=TINY_VISION_KWARGS,
+                                            mode="deep"))
+    save_file({k: v.contiguous() for k, v in swin.state_dict().items()}, proj / "models" / "swin.safetensors")
+    run = proj / "runs" / "x"
+    run.mkdir(parents=True)
+    cfg = json.loads((run_dir / "r2g_config.json").read_text())
+    cfg["model"].update(llm="proj/models/llm", vision_weights="proj/models/swin.safetensors")
+    (run / "r2g_config.json").write_text(json.dumps(cfg))
+    shutil.copy(run_dir / "trainable.safetensors", run)
+
+    monkeypatch.chdir(proj)
+    assert open_run("runs/x").cfg.model.llm == str(proj / "models" / "llm")
+    r = r2g_here("generate", "--ckpt", "runs/x", image(assets), "--out", "reports.jsonl", *FAST)
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    assert len((proj / "reports.jsonl").read_text().splitlines()) == 1
+
+    # The base files moved: each missing one is named with the flag that overrides it, and the flags work.
+    moved = shutil.move(proj / "models", tmp_path / "moved")
+    r = r2g_here("generate", "--ckpt", "runs/x", image(assets))
+    assert isinstance(r.exception, R2GError) and "model.llm 'proj/models/llm' not found" in str(r.exception)
+    assert "pass --llm" in str(r.exception)
+    r = r2g_here("generate", "--ckpt", "runs/x", image(assets), "--llm", moved / "llm")
+    assert isinstance(r.exception, R2GError) and "pass --vision-weights" in str(r.exception)
+    r = r2g_here("generate", "--ckpt", "runs/x", image(assets), "--llm", moved / "llm", "--vision-weights",
+                 moved / "swin.safetensors", "--out", "again.jsonl", *FAST)
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    assert len((proj / "again.jsonl").read_text().splitlines()) == 1
+
+
+def test_bad_inputs_fail_before_any_model_loads(run_dir, assets, tmp_path, monkeypatch):  # noqa: F811
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("heavy work started before the inputs were checked")
+
+    monkeypatch.setattr(reconstitute_module, "load_for_inference", must_not_run)
+    monkeypatch.setattr(run_module, "load_for_inference", must_not_run)
+    monkeypatch.setattr(cli, "progress_bar", must_not_run)
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    good = Path(image(assets)).read_bytes()
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "cut.png").write_bytes(good[: len(good) // 2])
+    ckpt = ("--ckpt", run_dir)
+    cases = [
+        (("generate", *ckpt, image(assets), tmp_path / "broken.png"), "broken.png: not a readable image"),
+        (("generate", *ckpt, image(assets), tmp_path / "missing.png"), "missing.png: image not found"),
+        (("generate", *ckpt, tmp_path / "folder"), "cut.png: not a readable image"),
+        (("generate", "--ckpt", tmp_path / "no-run", image(assets)), "r2g_config.json: not found"),
+        (("generate", *ckpt, image(assets), "--llm", tmp_path / "no-llm"), "--llm must be a local Hugging Face folder"),
+        (("generate", *ckpt, image(assets), "--checkpoint", "step99"), "step99: no such checkpoint"),
+        (("eval", "--ckpt", tmp_path / "no-run"), "r2g_config.json: not found"),
+        (("eval", *ckpt, "--split", "nope"), "no 'nope' shards"),
+        (("eval", *ckpt, "--shards", tmp_path), "manifest.json: not found"),
+        (("eval", *ckpt, "--vision-weights", tmp_path / "no-swin.pth"), "--vision-weights"),
+        (("eval", *ckpt, "--labeler", "chexbert"), "--labeler-weights"),
+    ]
+    for args, message in cases:
+        r = r2g_here(*args)
+        assert isinstance(r.exception, R2GError), (args, r.output, r.exception)
+        assert message in str(r.exception), (args, str(r.exception))

@@ -99,7 +99,7 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None]) -> dict:
     from r2g.demo.dataset import generate
     from r2g.demo.pretrain_vision import pretrain_vision
     from r2g.demo.tiny_lm import train_tiny_lm
-    from r2g.eval.run import evaluate
+    from r2g.eval.run import EvalOptions, evaluate, prepare
     from r2g.train.loop import run
 
     t0 = time.time()
@@ -138,7 +138,7 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None]) -> dict:
         run(cfg)
         timings[f"train_{name}"] = time.time() - t0
         log(f"6/6 evaluate on the test split ({name})")
-        results[name] = evaluate(cfg.train.out, cfg.data.shards, "test", max_samples=opts.test_studies, workers=1)
+        results[name] = evaluate(prepare(cfg.train.out, EvalOptions(split="test", max_samples=opts.test_studies, workers=1)))
         timings[f"eval_{name}"] = time.time() - t0
     results["ce_micro_f1_gain"] = image_gain(results["with-images"]["files"]["predictions"],
                                              results["blank-images"]["files"]["predictions"])

@@ -1,82 +1,147 @@
-"""A run folder → the trained model, ready to generate.
+"""A run folder → the trained model, ready to generate: the one way eval, generate and the benches load a run.
+
+`open_run` checks everything a load needs without loading anything heavy (the config, the base LLM folder and
+its config hash, the vision weights, the trained weights), so bad input fails in a second, before any model
+loads; `load_for_inference` then builds the model where inference belongs: on CUDA in bf16 when there is a
+GPU, else on the CPU in fp32.
 
 The base LLM comes from `r2g_config.json` (or `--llm`), checked against the config hash recorded at
 training time; the trained weights come from `trainable.safetensors` (the best validation export) or, with
 `checkpoint=`, straight from a DeepSpeed ZeRO checkpoint through DeepSpeed's own consolidation
 (`get_fp32_state_dict_from_zero_checkpoint`, the function behind `zero_to_fp32.py`).
+
+Runs record their base paths absolute (`r2g.train.checkpoint.write_run_config`), so a run folder works from
+any directory. A relative one (runs written before that) is looked up from the working directory, then from
+the run folder and each folder above it; `--llm`, `--vision-weights` and `--shards` override them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from r2g.config import RunConfig
+from r2g.config import RunConfig, replace
+from r2g.dist import auto_dtype
 from r2g.errors import R2GError
 
 
-def load_run_config(run: str | Path) -> tuple[RunConfig, dict]:
-    path = Path(run) / "r2g_config.json"
+@dataclass(frozen=True)
+class RunFolder:
+    """A checked run folder: its config with the base paths to use, and where its trained weights come from."""
+
+    path: Path
+    cfg: RunConfig
+    checkpoint: str | None = None  # None: trainable.safetensors; "latest" or a tag: the DeepSpeed checkpoint
+
+
+def locate(recorded: str, run: Path) -> str:
+    """A base path recorded in a run's config, as found from here: an absolute one as it is; a relative one from
+    the working directory, else from the run folder or the nearest folder above it that holds it (unchanged
+    when none does, so that the error names what the config says)."""
+    path = Path(recorded)
+    if path.is_absolute() or path.exists():
+        return recorded
+    run = run.absolute()
+    for folder in (run, *run.parents):
+        if (folder / path).exists():
+            return str(folder / path)
+    return recorded
+
+
+def _recorded(value: str, run: Path, field: str, flag: str) -> str:
+    found = locate(value, run)
+    if not Path(found).exists():
+        raise R2GError(f"{run / 'r2g_config.json'}: {field} '{value}' not found from {Path.cwd()} nor above the run "
+                       f"folder; pass {flag} with where it is now")
+    return found
+
+
+def open_run(
+    run: str | Path,
+    llm: str | None = None,
+    vision_weights: str | None = None,
+    shards: str | None = None,
+    checkpoint: str | None = None,
+    allow_llm_mismatch: bool = False,
+) -> RunFolder:
+    """The run folder checked for a load, base paths overridden by the arguments given (None = as recorded).
+
+    Shards are only located, not checked: generating for new images does not read them."""
+    from r2g.model.llm import config_hash
+
+    run = Path(run)
+    path = run / "r2g_config.json"
     if not path.is_file():
         raise R2GError(f"{path}: not found; --ckpt must be a run folder written by `r2g train` / cli/train.py")
     cfg = RunConfig.load(path)
-    meta = json.loads(path.read_text()).get("meta", {})
-    return cfg, meta
+    llm = llm or _recorded(cfg.model.llm, run, "model.llm", "--llm")
+    if vision_weights is not None and not Path(vision_weights).exists():
+        raise R2GError(f"--vision-weights {vision_weights}: not found; give a local .safetensors/.pth/.bin file or folder")
+    if vision_weights is None and cfg.model.vision_weights_file:  # else the run's Swin started from random weights
+        vision_weights = _recorded(cfg.model.vision_weights_file, run, "model.vision_weights", "--vision-weights")
+    recorded, actual = json.loads(path.read_text()).get("meta", {}).get("llm_config_sha256"), config_hash(llm)
+    if recorded and recorded != actual and not allow_llm_mismatch:
+        raise R2GError(
+            f"{llm}: its config.json differs from the base LLM this run was trained on (sha256 "
+            f"{actual[:12]}… vs {recorded[:12]}…); pass the right --llm, or --allow-llm-mismatch to go ahead anyway"
+        )
+    _weights_file(run, checkpoint)
+    cfg = replace(cfg, model=replace(cfg.model, llm=llm, vision_weights=vision_weights),
+                  data=replace(cfg.data, shards=shards or locate(cfg.data.shards, run)))
+    return RunFolder(run, cfg, checkpoint)
+
+
+def _weights_file(run: Path, checkpoint: str | None) -> Path:
+    """trainable.safetensors (`checkpoint` None) or the DeepSpeed checkpoint folder holding `checkpoint`, checked."""
+    if checkpoint is None:
+        path = run / "trainable.safetensors"
+        if not path.is_file():
+            raise R2GError(f"{path}: not found; the run exports it at its first validation (or its end); "
+                           "or pass --checkpoint latest to read the DeepSpeed checkpoint")
+        return path
+    ckpt = run / "checkpoints"
+    if checkpoint == "latest" and not (ckpt / "latest").is_file():
+        raise R2GError(f"{ckpt}: no DeepSpeed checkpoint (no 'latest' file); evaluate trainable.safetensors instead")
+    if checkpoint != "latest" and not (ckpt / checkpoint).is_dir():
+        have = ", ".join(sorted(p.name for p in ckpt.glob("step*"))) or "none"
+        raise R2GError(f"{ckpt / checkpoint}: no such checkpoint (have: {have})")
+    return ckpt
 
 
 def zero_checkpoint_weights(run: str | Path, tag: str | None = None) -> dict[str, torch.Tensor]:
     """fp32 trainable weights consolidated from the run's DeepSpeed checkpoint (`tag` None = latest)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    ckpt = Path(run) / "checkpoints"
-    if not (ckpt / "latest").is_file() and tag is None:
-        raise R2GError(f"{ckpt}: no DeepSpeed checkpoint (no 'latest' file); evaluate trainable.safetensors instead")
-    if tag is not None and not (ckpt / tag).is_dir():
-        have = ", ".join(sorted(p.name for p in ckpt.glob("step*"))) or "none"
-        raise R2GError(f"{ckpt / tag}: no such checkpoint (have: {have})")
+    ckpt = _weights_file(Path(run), tag or "latest")
     # The frozen LLM was never written into the checkpoint, so only trainable weights come back.
     sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=tag, exclude_frozen_parameters=True)
     return {k: v.float() for k, v in sd.items()}
 
 
-def trainable_weights(run: str | Path) -> dict[str, torch.Tensor]:
+def trained_weights(folder: RunFolder) -> dict[str, torch.Tensor]:
+    """The run's trained weights (fp32), from trainable.safetensors or its DeepSpeed checkpoint."""
+    if folder.checkpoint is not None:
+        return zero_checkpoint_weights(folder.path, None if folder.checkpoint == "latest" else folder.checkpoint)
     from safetensors.torch import load_file
 
-    path = Path(run) / "trainable.safetensors"
-    if not path.is_file():
-        raise R2GError(f"{path}: not found; the run exports it at its first validation (or its end); "
-                       "or pass --checkpoint latest to read the DeepSpeed checkpoint")
-    return load_file(str(path))
+    return load_file(str(_weights_file(folder.path, None)))
 
 
-def reconstitute(
-    run: str | Path,
-    llm: str | None = None,
-    checkpoint: str | None = None,
-    dtype: torch.dtype = torch.float32,
-    allow_llm_mismatch: bool = False,
-):
-    """(model with trained weights loaded, run config with the LLM path actually used)."""
-    from r2g.model.llm import config_hash
+def inference_placement(device: torch.device | None = None) -> tuple[torch.device, torch.dtype]:
+    """(device, dtype) for inference: `device` (None = CUDA when available, else CPU) and its compute dtype
+    (r2g.dist.auto_dtype: bf16 on CUDA, fp32 on CPU)."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return device, auto_dtype(device)
+
+
+def load_for_inference(folder: RunFolder, device: torch.device | None = None):
+    """The run's model with its trained weights, in eval mode, placed by `inference_placement(device)`."""
     from r2g.model.r2gen import build_model
 
-    cfg, meta = load_run_config(run)
-    llm_path = llm or cfg.model.llm
-    recorded, actual = meta.get("llm_config_sha256"), config_hash(llm_path)
-    if recorded and recorded != actual and not allow_llm_mismatch:
-        raise R2GError(
-            f"{llm_path}: its config.json differs from the base LLM this run was trained on (sha256 "
-            f"{actual[:12]}… vs {recorded[:12]}…); pass the right --llm, or --allow-llm-mismatch to go ahead anyway"
-        )
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, llm=llm_path))
-    model = build_model(cfg.model, dtype=dtype)
-    if checkpoint is None:
-        weights = trainable_weights(run)
-    else:
-        weights = zero_checkpoint_weights(run, None if checkpoint == "latest" else checkpoint)
-    model.load_trainable_state_dict(weights)
-    model.eval()
-    return model, cfg
+    device, dtype = inference_placement(device)
+    model = build_model(folder.cfg.model, dtype=dtype)
+    model.load_trainable_state_dict(trained_weights(folder))
+    return model.to(device).eval()

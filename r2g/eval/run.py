@@ -1,5 +1,8 @@
 """The evaluation recipe: run folder + shards → predictions.jsonl, metrics.json, report.md / report.html.
 
+`prepare` checks every input without loading a model; `evaluate` then loads it (r2g.eval.reconstitute),
+generates, scores and writes the files.
+
 Numbers are computed the way the literature computes them: beam search with the reference generation
 settings, R2Gen-cleaned strings scored by pycocoevalcap without the PTB tokenizer, against the FULL cleaned
 references. (The reference implementation scores against references truncated to the LLM's token budget,
@@ -12,16 +15,36 @@ import dataclasses
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import Any
 
 from r2g.config import GenerateConfig, replace
-from r2g.data.loader import make_loader, study_images
-from r2g.dist import auto_dtype
+from r2g.data.loader import make_loader, shard_paths, study_images
 from r2g.eval.decode import decode, per_rank_limit
-from r2g.eval.reconstitute import reconstitute
+from r2g.eval.reconstitute import RunFolder, inference_placement, load_for_inference, open_run
 from r2g.errors import R2GError
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How `evaluate` runs; each field is the `r2g eval` flag of the same name."""
+
+    split: str = "test"
+    out: str | Path | None = None  # output folder; None = RUN/eval-SPLIT
+    # Base paths; None = the ones the run recorded.
+    shards: str | None = None
+    llm: str | None = None
+    vision_weights: str | None = None
+    checkpoint: str | None = None  # a DeepSpeed checkpoint tag or "latest"; None = trainable.safetensors
+    allow_llm_mismatch: bool = False
+    generate: dict[str, Any] = field(default_factory=dict)  # GenerateConfig fields that replace the run's
+    meteor: bool = True
+    labeler: str = "rules"
+    labeler_weights: str | None = None
+    truncated_refs: bool = False
+    max_samples: int = 0  # 0 = the whole split
+    workers: int = 2
 
 
 def truncate_like_reference(texts: list[str], tokenizer, max_tokens: int) -> list[str]:
@@ -39,65 +62,68 @@ def per_report_rouge(refs: dict[str, str], preds: dict[str, str]) -> dict[str, f
     return {k: float(s) for k, s in zip(ids, scores)}
 
 
-def evaluate(
-    run: str | Path,
-    shards: str | Path,
-    split: str = "test",
-    out: str | Path | None = None,
-    llm: str | None = None,
-    checkpoint: str | None = None,
-    gen_overrides: dict | None = None,
-    meteor: bool = True,
-    labeler: str = "rules",
-    labeler_weights: str | None = None,
-    truncated_refs: bool = False,
-    allow_llm_mismatch: bool = False,
-    max_samples: int = 0,
-    workers: int = 2,
-    on_batch: Callable[[int], None] | None = None,
-) -> dict:
-    """Generate for `split`, score, write the files; returns the metrics (on rank 0; {} on other ranks)."""
-    from r2g.eval.report import pick_examples, write_report
+@dataclass(frozen=True)
+class EvalPlan:
+    """An evaluation whose inputs all checked out (`prepare`): what `evaluate` runs."""
+
+    run: RunFolder  # base paths resolved, overrides applied
+    opts: EvalOptions
+    studies: int  # studies to decode (all ranks together)
+
+
+def prepare(run: str | Path, opts: EvalOptions = EvalOptions()) -> EvalPlan:
+    """Check every input (run folder, base LLM, vision and trained weights, shards and split, labeler) without
+    loading a model, so that a bad one fails in a second rather than after the model loads."""
+    from r2g.metrics.chexpert import load_labeler
+
+    folder = open_run(run, opts.llm, opts.vision_weights, opts.shards, opts.checkpoint, opts.allow_llm_mismatch)
+    _, total = shard_paths(folder.cfg.data.shards, opts.split)
+    load_labeler(opts.labeler, opts.labeler_weights)  # the labeler runs only after generation: check it now
+    return EvalPlan(folder, opts, min(total, opts.max_samples) if opts.max_samples else total)
+
+
+def evaluate(plan: EvalPlan, on_batch: Callable[[int], None] | None = None) -> dict:
+    """Generate for the plan's split, score, write the files; returns the metrics (on rank 0; {} on other ranks)."""
+    from r2g.eval.curves import training_curves
+    from r2g.eval.report import REFERENCES_FULL, REFERENCES_TRUNCATED, pick_examples, write_report
     from r2g.metrics.score import score
 
-    distributed = "RANK" in os.environ  # launched by deepspeed / torchrun: split the set across ranks
-    if distributed:
+    folder, opts, run = plan.run, plan.opts, plan.run.path
+    rank, world, device = 0, 1, None
+    if "RANK" in os.environ:  # launched by deepspeed / torchrun: split the set across ranks
         from r2g.dist import init_distributed
 
         rank, world, device = init_distributed()
-    else:
-        rank, world = 0, 1
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = auto_dtype(device)
-
-    model, cfg = reconstitute(run, llm, checkpoint, dtype, allow_llm_mismatch)
-    model.to(device)
-    gen: GenerateConfig = replace(cfg.generate, **(gen_overrides or {}))
-    data = dataclasses.replace(cfg.data, shards=str(shards), skip_damaged_shards=False)  # a score covers the whole split
-    loader, _, n = make_loader(shards, split, data, gen.batch_size, train=False, rank=rank, world=world, workers=workers)
-    per_rank = per_rank_limit(max_samples, world)
+    device, dtype = inference_placement(device)
+    model = load_for_inference(folder, device)
+    cfg, shards, split = folder.cfg, folder.cfg.data.shards, opts.split
+    gen: GenerateConfig = replace(cfg.generate, **opts.generate)
+    data = dataclasses.replace(cfg.data, skip_damaged_shards=False)  # a score must cover the whole split
+    loader, _, _ = make_loader(shards, split, data, gen.batch_size, train=False, rank=rank, world=world,
+                               workers=opts.workers)
+    per_rank = per_rank_limit(opts.max_samples, world)
     rows = decode(model, loader, gen, device, dtype, max_samples=per_rank, distributed=world > 1, on_batch=on_batch)
     if rank != 0:
         return {}
-    expected = min(n, max_samples) if max_samples else n
-    if len(rows) < expected:
-        raise R2GError(f"{shards}: decoded {len(rows)} of the {expected} '{split}' studies in manifest.json, and "
+    if len(rows) < plan.studies:
+        raise R2GError(f"{shards}: decoded {len(rows)} of the {plan.studies} '{split}' studies in manifest.json, and "
                        f"a score must cover them all; run `r2g shard verify {shards}` and re-shard what it names")
 
-    out = Path(out) if out else Path(run) / f"eval-{split}"
+    out = Path(opts.out) if opts.out else run / f"eval-{split}"
     out.mkdir(parents=True, exist_ok=True)
     preds = {r["id"]: r["prediction"] for r in rows}
     refs = {r["id"]: r["reference"] for r in rows}
-    if truncated_refs:
+    if opts.truncated_refs:
         ids = list(refs)
         refs = dict(zip(ids, truncate_like_reference([refs[k] for k in ids], model.tokenizer, cfg.model.max_report_tokens)))
-    metrics = score(refs, preds, meteor=meteor, labeler=labeler, labeler_weights=labeler_weights, per_report_labels=True)
+    metrics = score(refs, preds, meteor=opts.meteor, labeler=opts.labeler, labeler_weights=opts.labeler_weights,
+                    per_report_labels=True)
     labels = metrics.pop("labels")
     rouge = per_report_rouge(refs, preds)
     metrics.update(
-        split=split, studies=len(rows), references="truncated to the token budget (reference-implementation compatibility)"
-        if truncated_refs else "full cleaned reports", labeler=labeler, generate=dataclasses.asdict(gen), run=str(run),
-        weights=checkpoint or "trainable.safetensors",
+        split=split, studies=len(rows), references=REFERENCES_TRUNCATED if opts.truncated_refs else REFERENCES_FULL,
+        labeler=opts.labeler, generate=dataclasses.asdict(gen), run=str(run), shards=str(shards),
+        weights=opts.checkpoint or "trainable.safetensors",
     )
 
     with open(out / "predictions.jsonl", "w") as f:
@@ -112,7 +138,8 @@ def evaluate(
     ]
     shown = {row["id"] for _, _, section in pick_examples(report_rows, n=5, seed=0) for row in section}
     thumbnails = study_images(shards, split, shown)  # only the examples the report shows
-    paths = write_report(out, report_rows, metrics, thumbnails, title=f"r2g evaluation: {Path(run).name} on {split}")
+    paths = write_report(out, report_rows, metrics, thumbnails, title=f"r2g evaluation: {run.name} on {split}",
+                         curves=training_curves(run / "metrics.jsonl"))
     metrics["files"] = {"predictions": str(out / "predictions.jsonl"), "metrics": str(out / "metrics.json"),
                         **{k: str(v) for k, v in paths.items()}}
     return metrics
