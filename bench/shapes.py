@@ -84,10 +84,11 @@ def random_llm(sizes: dict[str, Any], tokenizer: PreTrainedTokenizerFast, device
 
 
 def build_shaped_model(
-    s: Shapes, mode: str, tokenizer: PreTrainedTokenizerFast, device: torch.device, dtype: torch.dtype, seed: int = 0
+    s: Shapes, mode: str, tokenizer: PreTrainedTokenizerFast, device: torch.device, dtype: torch.dtype, seed: int = 0,
+    grad_ckpt: bool = False,
 ) -> R2GenGPT:
     """R2GenGPT of shapes `s` in alignment `mode`, through `build_model` as training builds it. The LLM is on
     `device` in `dtype`; Swin and mapper are fp32 on the CPU, where DeepSpeed (or the caller) moves them."""
     torch.manual_seed(seed)
-    cfg = ModelConfig(vision_arch=s.vision_arch, vision_kwargs=s.vision_kwargs, mode=mode)
+    cfg = ModelConfig(vision_arch=s.vision_arch, vision_kwargs=s.vision_kwargs, mode=mode, grad_ckpt=grad_ckpt)
     return build_model(cfg, llm=random_llm(s.llm, tokenizer, device, dtype), tokenizer=tokenizer)

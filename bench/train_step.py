@@ -154,7 +154,8 @@ def cpu_bench(steps: int, rounds: int = 5) -> dict:
             "block_ratios": [r / b for r, b in zip(r2g_blocks, bare_blocks)]}
 
 
-def mode_bench(s, mode: str, tokenizer, micro_batch: int, steps: int, warmup: int, ds_path: str) -> dict:
+def mode_bench(s, mode: str, tokenizer, micro_batch: int, steps: int, warmup: int, ds_path: str,
+               grad_ckpt: bool = False) -> dict:
     """Speed, memory and trainable parameters of one alignment mode's training step at shapes `s`. Builds the
     model, times it, and frees it (DeepSpeed engine included) before returning, so modes do not add up."""
     from r2g.dist import auto_dtype, init_distributed
@@ -169,7 +170,7 @@ def mode_bench(s, mode: str, tokenizer, micro_batch: int, steps: int, warmup: in
     dtype = auto_dtype(device)  # what `r2g train --precision auto` picks
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    model = build_shaped_model(s, mode, tokenizer, device, dtype)
+    model = build_shaped_model(s, mode, tokenizer, device, dtype, grad_ckpt=grad_ckpt)
     trainable = sum(p.numel() for p in model.trainable_parameters())
     counts = FlopCounts.from_model(model)
     engine = ds_engine(model, RunConfig(model=model.cfg, train=TrainConfig(micro_batch=micro_batch)), ds_path)
@@ -183,11 +184,12 @@ def mode_bench(s, mode: str, tokenizer, micro_batch: int, steps: int, warmup: in
     step_s = time_steps(engine_step_fn(engine, lambda: model_inputs(batch, device, dtype)), steps, warmup)
     flops = B * train_flops_per_sample(counts, T, n_visual)
     row = {
-        "mode": mode, "trainable_params": trainable, "micro_batch": B, "seq_len": T,
+        "mode": mode, "grad_ckpt": grad_ckpt, "trainable_params": trainable, "micro_batch": B, "seq_len": T,
         "prompt_tokens": T - n_visual - n_report, "visual_tokens": n_visual, "report_tokens": n_report,
         "step_ms": step_s * 1e3, "samples_per_s": B / step_s, "tokens_per_s": int(inputs["attention_mask"].sum()) / step_s,
         "tflops_per_gpu": flops / step_s / 1e12,
         "max_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
+        "max_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30 if cuda else None,
     }
     engine.destroy()  # gives back DeepSpeed's hold on Python's GC, so the collection below frees the model
     del engine, model, inputs
@@ -197,7 +199,7 @@ def mode_bench(s, mode: str, tokenizer, micro_batch: int, steps: int, warmup: in
     return row
 
 
-def modes_bench(shapes_name: str, micro_batch: int, steps: int, warmup: int) -> dict:
+def modes_bench(shapes_name: str, micro_batch: int, steps: int, warmup: int, grad_ckpt: bool = False) -> dict:
     """`mode_bench` for shallow, delta and deep, with the device's peak and MFU added."""
     from r2g.config import MODES
     from r2g.model.flops import mfu, peak_flops
@@ -211,12 +213,12 @@ def modes_bench(shapes_name: str, micro_batch: int, steps: int, warmup: int) -> 
     peak = peak_flops(device_name) if cuda else None
     s, tokenizer = shapes(shapes_name), stand_in_tokenizer()
     ds_path = str(ROOT / "ds_configs" / "zero2.json")
-    rows = [mode_bench(s, mode, tokenizer, micro_batch, steps, warmup, ds_path) for mode in MODES]
+    rows = [mode_bench(s, mode, tokenizer, micro_batch, steps, warmup, ds_path, grad_ckpt) for mode in MODES]
     for row in rows:
         row["mfu"] = mfu(row["tflops_per_gpu"] * 1e12, peak)
     return {
         "llm_shapes": shapes_name, "vision_arch": s.vision_arch, "image_size": s.image_size, "device": device_name,
-        "dtype": "bf16" if cuda else "fp32", "zero_stage": 2, "steps": steps, "warmup": warmup,
+        "dtype": "bf16" if cuda else "fp32", "zero_stage": 2, "grad_ckpt": grad_ckpt, "steps": steps, "warmup": warmup,
         "peak_tflops": peak / 1e12 if peak else None,
         "sequence": "worst case: prompt + visual tokens + a report filling max_report_tokens (eos included); "
                     "the prompt is tokenized by a stand-in BPE, not Llama-2's tokenizer",
@@ -257,11 +259,12 @@ def main() -> None:
                     help="per-mode speed at these shapes (default: the overhead ratio on a tiny CPU model)")
     ap.add_argument("--micro-batch", type=int, default=6, help="per-mode bench: studies per step (the paper's 6)")
     ap.add_argument("--warmup", type=int, default=3, help="per-mode bench: untimed steps first")
+    ap.add_argument("--grad-ckpt", action="store_true", help="per-mode bench: with activation checkpointing")
     ap.add_argument("--json", help="also write the JSON result to this file")
     args = ap.parse_args()
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
     if args.llm_shapes:
-        result = modes_bench(args.llm_shapes, args.micro_batch, args.steps, args.warmup)
+        result = modes_bench(args.llm_shapes, args.micro_batch, args.steps, args.warmup, args.grad_ckpt)
         print(json.dumps(result, indent=2))
         print_modes_table(result)
     else:

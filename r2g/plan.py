@@ -298,6 +298,8 @@ class Setup:
     grad_ckpt: bool = False
     dataset: str = "mimic"
     studies: int | None = None  # train studies per epoch; None = the dataset's
+    seq_len: int | None = None  # the longest sequence; None = prompt + visual tokens + the dataset's report budget
+    views: int | None = None  # images per study; None = the dataset's
     device: str = "cuda"  # cuda | cpu
     precision: str = "auto"  # train.precision: auto (bf16 on CUDA, fp32 on CPU) | bf16 | bf16-mixed | fp32
     mfu: float = 0.40
@@ -328,6 +330,8 @@ def sequence(setup: Setup, vision: VisionShape) -> dict[str, int]:
     prompt = 1 + math.ceil(len(IMAGE_OPEN + text_after_image(PROMPT)) / 4)
     report = preset(DATASETS[setup.dataset]["preset"])["max_report_tokens"]
     visual = vision.tokens_per_view  # the views of a study are averaged into one grid (view_merge "mean")
+    if setup.seq_len:  # a measured length (bench/plan_check.py): the report is what the prompt leaves
+        report = setup.seq_len - prompt - visual
     return {"prompt": prompt, "visual": visual, "report": report, "total": prompt + visual + report}
 
 
@@ -375,7 +379,8 @@ MODEL_STATE_ROWS = ("frozen LLM weights", "ZeRO-3 gathered weights", "trainable 
 
 def memory_rows(llm: LLMShape, vision: VisionShape, setup: Setup, seq_len: int, micro_batch: int) -> tuple[dict, float]:
     """(bytes per GPU by row, bytes per GPU on the host) for one micro-batch size."""
-    (a, va), W, ds, n_views = setup.dtype_bytes(), setup.world, setup.ds, DATASETS[setup.dataset]["views"]
+    (a, va), W, ds = setup.dtype_bytes(), setup.world, setup.ds
+    n_views = setup.views or DATASETS[setup.dataset]["views"]
     n = sum(trainable_params(setup.mode, vision, llm, setup.lora_r).values())
     zero3 = ds.stage >= 3
     shard = W if zero3 else 1
@@ -427,7 +432,7 @@ def estimate(llm: LLMShape, vision: VisionShape, setup: Setup, suggest: bool = T
 
     counts = FlopCounts(llm_matmul_params=llm.matmul_params, llm_layers=llm.layers, llm_hidden=llm.hidden,
                         vision_forward=vision.forward_flops, vision_features=vision.features, mode=setup.mode)
-    n_views = DATASETS[setup.dataset]["views"]
+    n_views = setup.views or DATASETS[setup.dataset]["views"]
     flops = train_flops_per_sample(counts, T, seq["visual"], n_images=n_views)
     # Checkpointing recomputes each LLM layer's forward during backward: work done, not model FLOPs.
     recompute = (2 * llm.matmul_params * T + 4 * llm.layers * T * T * llm.hidden) if setup.grad_ckpt else 0

@@ -1,0 +1,151 @@
+"""The first GPU check, in one command (issue 10 point 6): under 8 minutes on one H100 / H200.
+
+    python bench/gpu_check.py                          # Llama-2-7B shapes, bf16, writes runs/gpu_check/{json,md}
+    python bench/gpu_check.py --llm-shapes tiny        # the same code path on a CPU in a minute (the test runs it)
+
+What it measures, at Swin-B 224 px + Llama-2-7B shapes with random weights (bench/shapes.py), every report
+filling the 100-token budget (MIMIC-CXR's worst case), micro-batch 6:
+1. the training step of each mode (shallow, delta, deep) under ZeRO-2, without and with --grad-ckpt:
+   step time, tokens/s, MFU, peak memory (bench/train_step.py's `mode_bench`);
+2. each step's peak memory against `r2g plan`'s estimate for the same shapes, sequence and micro-batch:
+   torch's peak allocated against the plan's tensors (its total less the workspace row), and peak reserved
+   against the plan's tensors plus its allocator-slack assumption, so the GPU constants get calibrated;
+3. beam-3 generation, reports/s and tokens/s, batched (bench/generate.py's `timed`);
+4. a ZeRO-3 training step (shallow), with its peak memory against the plan.
+Writes gpu_check.json and gpu_check.md into --out and prints the markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+GIB = 2**30
+
+
+def plan_for(s, tokenizer, row: dict, ds_name: str):
+    """`r2g plan`'s estimate for a bench row: the bench's shapes, mode, micro-batch, sequence and ZeRO config."""
+    from r2g.config import ModelConfig
+    from r2g.plan import LLMShape, Setup, estimate, read_ds, vision_shape
+
+    config = {"model_type": "llama", "vocab_size": len(tokenizer), **s.llm}
+    llm = LLMShape.from_config(config, "bench shapes")
+    vision = vision_shape(ModelConfig(vision_arch=s.vision_arch, vision_kwargs=s.vision_kwargs, mode=row["mode"]))
+    cuda = torch.cuda.is_available()
+    setup = Setup(mode=row["mode"], ds=read_ds(f"ds_configs/{ds_name}"), micro_batch=row["micro_batch"],
+                  grad_ckpt=row["grad_ckpt"], seq_len=row["seq_len"], views=1, device="cuda" if cuda else "cpu",
+                  peak_tflops=None, mem_gib=1e6)
+    return estimate(llm, vision, setup, suggest=False)
+
+
+def compare(row: dict, plan) -> dict:
+    """The bench row with the plan's figures beside its measured peaks (None on a CPU: no CUDA peaks)."""
+    tensors = plan.total - plan.memory["workspace"]
+    slack = plan.assumptions.get("allocator_slack", 0.0)
+    out = {**row, "plan_tensors_gib": tensors / GIB, "plan_total_gib": plan.total / GIB}
+    if row.get("max_mem_gib"):
+        out["allocated_vs_plan"] = row["max_mem_gib"] / (tensors / GIB) - 1
+        out["reserved_vs_plan"] = row["max_reserved_gib"] / (tensors * (1 + slack) / GIB) - 1
+    return out
+
+
+def generation(s, tokenizer, reports: int, batch_size: int, new_tokens: int) -> dict:
+    """Beam-3 reports/s of the delta model at shapes `s`, `new_tokens` per report (min = max, as generate.py's
+    random model: its reports have no natural end)."""
+    from r2g.config import GenerateConfig
+    from r2g.dist import auto_dtype
+
+    from bench.generate import random_studies, record_lengths, timed
+    from bench.shapes import build_shaped_model
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_shaped_model(s, "delta", tokenizer, device, auto_dtype(device)).to(device).eval()
+    gen = GenerateConfig(min_new_tokens=new_tokens, max_new_tokens=new_tokens)
+    result = timed(model, record_lengths(model), random_studies(reports, s.image_size), gen, batch_size)
+    result.pop("texts")
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return {**result, "num_beams": gen.num_beams, "new_tokens": new_tokens}
+
+
+def markdown(r: dict) -> str:
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    lines = [f"## GPU check: {r['device']}, {r['llm_shapes']} shapes, {r['dtype']}, {r['date']}", "",
+             f"{r['seconds']:.0f} s in all; peak {fmt(r['peak_tflops'], 'g')} TFLOP/s; micro-batch {r['micro_batch']}, "
+             f"sequence {r['steps'][0]['seq_len']} tokens; median of {r['timed_steps']} steps.", "",
+             "| ZeRO | mode | grad-ckpt | step ms | tokens/s | MFU | peak alloc GiB | plan tensors GiB | alloc vs plan "
+             "| peak reserved GiB | reserved vs plan |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for x in r["steps"]:
+        lines.append(
+            f"| {x['zero_stage']} | {x['mode']} | {'yes' if x['grad_ckpt'] else 'no'} | {x['step_ms']:.1f} | "
+            f"{x['tokens_per_s']:,.0f} | {fmt(x['mfu'], '.1%')} | {fmt(x['max_mem_gib'], '.2f')} | "
+            f"{x['plan_tensors_gib']:.2f} | {fmt(x.get('allocated_vs_plan'), '+.0%')} | "
+            f"{fmt(x['max_reserved_gib'], '.2f')} | {fmt(x.get('reserved_vs_plan'), '+.0%')} |")
+    g = r["generation"]
+    lines += ["", f"Generation, beam {g['num_beams']}, batch {g['batch_size']}, {g['new_tokens']} new tokens each: "
+              f"{g['reports_per_s']:.2f} reports/s, {g['tokens_per_s']:,.0f} tokens/s ({g['reports']} reports, "
+              f"{g['seconds']:.1f} s)."]
+    return "\n".join(lines) + "\n"
+
+
+def run(args) -> dict:
+    from r2g.model.flops import mfu, peak_flops
+
+    from bench.shapes import shapes, stand_in_tokenizer
+    from bench.train_step import mode_bench
+
+    cuda = torch.cuda.is_available()
+    if args.llm_shapes != "tiny" and not cuda:
+        raise SystemExit(f"--llm-shapes {args.llm_shapes} needs a CUDA GPU; on a CPU use --llm-shapes tiny")
+    t0 = time.perf_counter()
+    device = torch.cuda.get_device_name() if cuda else "cpu"
+    peak = peak_flops(device) if cuda else None
+    s, tokenizer = shapes(args.llm_shapes), stand_in_tokenizer()
+    steps = []
+    for ds_name, modes, ckpts in (("zero2.json", ("shallow", "delta", "deep"), (False, True)),
+                                  ("zero3.json", ("shallow",), (False,))):
+        for ckpt in ckpts:
+            for mode in modes:
+                row = mode_bench(s, mode, tokenizer, args.micro_batch, args.steps, args.warmup,
+                                 str(ROOT / "ds_configs" / ds_name), grad_ckpt=ckpt)
+                row |= {"zero_stage": 3 if "3" in ds_name else 2, "mfu": mfu(row["tflops_per_gpu"] * 1e12, peak)}
+                steps.append(compare(row, plan_for(s, tokenizer, row, ds_name)))
+                print(f"{ds_name} {mode} grad_ckpt={ckpt}: {row['step_ms']:.1f} ms", flush=True)
+    gen = generation(s, tokenizer, args.reports, args.gen_batch, args.new_tokens)
+    return {"llm_shapes": args.llm_shapes, "vision_arch": s.vision_arch, "device": device,
+            "dtype": "bf16" if cuda else "fp32", "peak_tflops": peak / 1e12 if peak else None,
+            "micro_batch": args.micro_batch, "timed_steps": args.steps, "date": time.strftime("%Y-%m-%d"),
+            "steps": steps, "generation": gen, "seconds": time.perf_counter() - t0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--llm-shapes", choices=("llama2-7b", "tiny"), default="llama2-7b")
+    ap.add_argument("--micro-batch", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=10, help="timed training steps per row")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--reports", type=int, default=16, help="reports generated (timed)")
+    ap.add_argument("--gen-batch", type=int, default=8)
+    ap.add_argument("--new-tokens", type=int, default=100)
+    ap.add_argument("--out", default=str(ROOT / "runs" / "gpu_check"), help="folder for gpu_check.json and .md")
+    args = ap.parse_args()
+    result = run(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_check.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "gpu_check.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
