@@ -396,3 +396,19 @@ def test_whole_words_only():
     assert _non_blank(label_report("Degenerative endplate changes.")) == {}  # an other finding, no device
     assert _non_blank(label_report("Right basilar plate-like atelectasis.")) == {"Atelectasis": 1}
     assert _non_blank(label_report("Screw fixation of the clavicle.")) == {"Support Devices": 1, NF: 1}
+
+
+def test_label_stats_bench_counts_each_label(tmp_path):
+    """bench/label_stats.py (the figures in bench/RESULTS.md) on two hand-labelled reports."""
+    import subprocess
+    import sys
+
+    reports = {"train": [{"id": "1", "report": "Mild cardiomegaly. No pneumothorax."}],
+               "val": [{"id": "2", "report": "Calcified granuloma. Degenerative changes of the spine."}]}
+    (tmp_path / "a.json").write_text(json.dumps(reports))
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "bench" / "label_stats.py"), "--reports", str(tmp_path / "a.json")],
+                         capture_output=True, text=True, check=True, cwd=root).stdout
+    assert "| Cardiomegaly | 1 | 0 | 0 | 1 |" in out
+    assert "| Pneumothorax | 0 | 0 | 1 | 1 |" in out
+    assert "| No Finding | 0 | 0 | 0 | 2 |" in out and "No Finding positive: 0.0% of reports" in out

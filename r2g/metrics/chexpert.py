@@ -110,7 +110,7 @@ def slug(label: str) -> str:
 class Mention:
     """One matched phrase. Offsets index the normalized text (lowercase, hyphens and slashes as spaces)."""
 
-    label: str
+    label: str  # one of OBSERVATIONS, or OTHER_FINDINGS (sets no label, only stops No Finding)
     text: str
     start: int
     end: int
