@@ -121,30 +121,32 @@ def compare(batched: list[str], single: list[str], num_beams: int) -> dict:
 
 
 def load(args) -> tuple:
-    """(model on the device, GenerateConfig, studies, description of model and images) for the arguments."""
-    device, dtype = inference_placement()  # as r2g eval and r2g generate
+    """(model on the device, its Precision, GenerateConfig, studies, description of model and images)."""
+    device, precision = inference_placement()  # as r2g eval and r2g generate
     if not args.ckpt:
-        model, image_size = tiny_model(device, dtype)
+        model, image_size = tiny_model(device, precision.llm_dtype)
         gen = GenerateConfig(min_new_tokens=args.new_tokens, max_new_tokens=args.new_tokens)
         studies = random_studies(args.reports, image_size)
-        return model.to(device), gen, studies, {"model": "tiny random model (bench/shapes.py)", "images": "random pixels, one view"}
+        return model.to(device), precision, gen, studies, {"model": "tiny random model (bench/shapes.py)",
+                                                             "images": "random pixels, one view"}
     run = open_run(args.ckpt)
-    model, cfg = load_for_inference(run, device), run.cfg
+    (model, precision), cfg = load_for_inference(run, device), run.cfg
     if args.shards:
         studies, images = shard_studies(args.shards, args.split, args.reports, cfg.data), f"{args.split} split of {args.shards}"
     else:
         studies, images = random_studies(args.reports, cfg.data.image_size), "random pixels, one view"
-    return model.to(device), cfg.generate, studies, {"model": f"run {args.ckpt}", "images": images}
+    return model, precision, cfg.generate, studies, {"model": f"run {args.ckpt}", "images": images}
 
 
 def bench(args) -> dict:
-    model, gen, studies, about = load(args)
+    model, precision, gen, studies, about = load(args)
     lengths = record_lengths(model)
-    batched = timed(model, lengths, studies, gen, args.batch_size)
-    single = timed(model, lengths, studies, gen, 1)
-    greedy = replace(gen, num_beams=1, length_penalty=1.0)  # greedy has no use for a length penalty (HF warns)
-    checks = [compare(batched.pop("texts"), single.pop("texts"), gen.num_beams),
-              compare(generate_all(model, studies, greedy, args.batch_size), generate_all(model, studies, greedy, 1), 1)]
+    with precision.autocast(next(model.parameters()).device):  # as r2g eval decodes
+        batched = timed(model, lengths, studies, gen, args.batch_size)
+        single = timed(model, lengths, studies, gen, 1)
+        greedy = replace(gen, num_beams=1, length_penalty=1.0)  # greedy has no use for a length penalty (HF warns)
+        checks = [compare(batched.pop("texts"), single.pop("texts"), gen.num_beams),
+                  compare(generate_all(model, studies, greedy, args.batch_size), generate_all(model, studies, greedy, 1), 1)]
     return {
         **about, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "generate": {k: v for k, v in dataclasses.asdict(gen).items() if k != "batch_size"},

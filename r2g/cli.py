@@ -343,8 +343,8 @@ def generate(
     # Every input checked before the model loads: each image decodes, the run folder and its base files exist.
     studies = collect_studies(inputs)
     run = open_run(ckpt, llm, vision_weights, checkpoint=checkpoint, allow_llm_mismatch=allow_llm_mismatch)
-    model = load_for_inference(run)  # on the GPU in bf16 when there is one
-    results = generate_reports(model, run.cfg, studies,
+    model, precision = load_for_inference(run)  # on the GPU when there is one, in the run's precision
+    results = generate_reports(model, precision, run.cfg, studies,
                                _gen_overrides(num_beams, min_new_tokens, max_new_tokens, None, None, batch_size))
     if out is None:
         for r in results:

@@ -23,6 +23,7 @@ from r2g.eval import reconstitute as reconstitute_module
 from r2g.eval import run as run_module
 from r2g.eval.reconstitute import inference_placement, load_for_inference, open_run, zero_checkpoint_weights
 from r2g.model.vision import build_vision_encoder
+from r2g.precision import resolve_precision
 from r2g.train.checkpoint import write_run_config
 
 from .conftest import TINY_VISION_KWARGS
@@ -70,10 +71,10 @@ def test_zero_checkpoint_weights_equal_zero_to_fp32_and_the_export(run_dir, tmp_
 
 def test_reconstitute_loads_trained_weights_and_checks_the_base_llm(run_dir, assets, tmp_path):  # noqa: F811
     run = open_run(run_dir)
-    model = load_for_inference(run, torch.device("cpu"))
+    model, precision = load_for_inference(run, torch.device("cpu"))
     export = load_file(run_dir / "trainable.safetensors")
     assert all(torch.equal(p.detach(), export[n]) for n, p in model.named_parameters() if p.requires_grad)
-    assert run.cfg.model.mode == "delta" and not model.training
+    assert run.cfg.model.mode == "delta" and not model.training and precision.name == "fp32"  # "auto" on the CPU
 
     other = tmp_path / "other-llm"
     other.mkdir()
@@ -136,28 +137,46 @@ def test_generate_writes_reports_and_rejects_unreadable_images(run_dir, assets, 
 
 
 def test_inference_placement_is_cuda_in_bf16_when_there_is_a_gpu(monkeypatch):
+    def placed(*args) -> tuple:
+        device, precision = inference_placement(*args)
+        return device, precision.name, precision.llm_dtype
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert inference_placement() == (torch.device("cuda"), torch.bfloat16)
-    assert inference_placement(torch.device("cuda", 1)) == (torch.device("cuda", 1), torch.bfloat16)
+    assert placed() == (torch.device("cuda"), "bf16", torch.bfloat16)
+    assert placed("auto", torch.device("cuda", 1)) == (torch.device("cuda", 1), "bf16", torch.bfloat16)
+    assert placed("fp32") == (torch.device("cuda"), "fp32", torch.float32)  # a run decodes as it trained
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert inference_placement() == (torch.device("cpu"), torch.float32)
+    assert placed() == (torch.device("cpu"), "fp32", torch.float32)
+
+
+def test_a_run_decodes_in_the_precision_it_trained_in(run_dir, tmp_path):
+    cfg = json.loads((run_dir / "r2g_config.json").read_text())
+    cfg["train"]["precision"] = "bf16-mixed"  # frozen LLM in bf16, trainables in fp32 under bf16 autocast
+    (tmp_path / "r2g_config.json").write_text(json.dumps(cfg))
+    shutil.copy(run_dir / "trainable.safetensors", tmp_path)
+    model, precision = load_for_inference(open_run(tmp_path), torch.device("cpu"))
+    assert next(model.llm.parameters()).dtype == torch.bfloat16 and next(model.mapper.parameters()).dtype == torch.float32
+    assert precision.autocast_dtype == torch.bfloat16 and precision.input_dtype == torch.float32
 
 
 def test_generate_builds_the_model_where_inference_placement_says(run_dir, assets, tmp_path, monkeypatch):  # noqa: F811
     # `r2g generate` used to build the model in fp32 on the CPU whatever the machine; it now goes through the
     # shared loader, so a GPU placement (here bf16, on the CPU so that the test needs no GPU) reaches the model.
-    monkeypatch.setattr(reconstitute_module, "inference_placement", lambda device=None: (torch.device("cpu"), torch.bfloat16))
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(reconstitute_module, "inference_placement",
+                        lambda precision="auto", device=None: (cpu, resolve_precision("bf16", cpu)))
     seen, original = [], generate_module.generate_reports
 
-    def spy(model, cfg, studies, overrides):
-        seen.append((next(model.llm.parameters()).dtype, next(model.mapper.parameters()).device.type))
-        return original(model, cfg, studies, overrides)
+    def spy(model, precision, cfg, studies, overrides):
+        seen.append((next(model.llm.parameters()).dtype, next(model.mapper.parameters()).dtype,
+                     next(model.mapper.parameters()).device.type))
+        return original(model, precision, cfg, studies, overrides)
 
     monkeypatch.setattr(generate_module, "generate_reports", spy)
     out = tmp_path / "reports.txt"
     r = r2g_here("generate", "--ckpt", run_dir, image(assets), "--out", out, *FAST)
     assert r.exit_code == 0, r.output + repr(r.exception)
-    assert seen == [(torch.bfloat16, "cpu")] and len(out.read_text().splitlines()) == 1
+    assert seen == [(torch.bfloat16, torch.bfloat16, "cpu")] and len(out.read_text().splitlines()) == 1
 
 
 def test_run_config_records_absolute_base_paths(tmp_path, monkeypatch):

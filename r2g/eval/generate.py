@@ -7,10 +7,11 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from r2g.config import replace
+from r2g.config import RunConfig, replace
 from r2g.data.loader import Collate
 from r2g.data.transforms import image_transform, to_rgb_tensor
 from r2g.errors import R2GError
+from r2g.precision import Precision
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
@@ -58,10 +59,11 @@ def load_view(path: Path, transform) -> torch.Tensor:
         raise R2GError(f"{path}: not a readable image ({e})") from None
 
 
-def generate_reports(model, cfg, studies: list[list[Path]], gen_overrides: dict | None = None) -> list[dict]:
-    """[{"images": [paths], "report": text}] for each study, in order."""
-    device = next(model.mapper.parameters()).device
-    dtype = next(model.mapper.parameters()).dtype
+def generate_reports(model, precision: Precision, cfg: RunConfig, studies: list[list[Path]],
+                     gen_overrides: dict | None = None) -> list[dict]:
+    """[{"images": [paths], "report": text}] for each study, in order, by `model` and its `precision` as
+    r2g.eval.reconstitute.load_for_inference returns them."""
+    device = next(model.parameters()).device
     gen = replace(cfg.generate, **(gen_overrides or {}))
     transform = image_transform(cfg.data.image_size)
     collate = Collate(cfg.data.max_views)
@@ -72,6 +74,7 @@ def generate_reports(model, cfg, studies: list[list[Path]], gen_overrides: dict 
             {"id": str(i), "views": [load_view(p, transform) for p in paths], "report": "", "labels": None}
             for i, paths in enumerate(chunk)
         ])
-        reports = model.generate(batch["images"].to(device, dtype), batch["view_mask"].to(device), gen)
+        with precision.autocast(device):
+            reports = model.generate(batch["images"].to(device, precision.input_dtype), batch["view_mask"].to(device), gen)
         results += [{"images": [str(p) for p in paths], "report": r} for paths, r in zip(chunk, reports)]
     return results

@@ -2,8 +2,8 @@
 
 `open_run` checks everything a load needs without loading anything heavy (the config, the base LLM folder and
 its config hash, the vision weights, the trained weights), so bad input fails in a second, before any model
-loads; `load_for_inference` then builds the model where inference belongs: on CUDA in bf16 when there is a
-GPU, else on the CPU in fp32.
+loads; `load_for_inference` then builds the model on CUDA when there is a GPU, else on the CPU, in the run's
+training precision resolved there (r2g.precision; the default "auto" is bf16 on CUDA, fp32 on the CPU).
 
 The base LLM comes from `r2g_config.json` (or `--llm`), checked against the config hash recorded at
 training time; the trained weights come from `trainable.safetensors` (the best validation export) or, with
@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from r2g.config import RunConfig, replace
-from r2g.dist import auto_dtype
 from r2g.errors import R2GError
+from r2g.precision import Precision, resolve_precision
 
 
 @dataclass(frozen=True)
@@ -130,18 +130,22 @@ def trained_weights(folder: RunFolder) -> dict[str, torch.Tensor]:
     return load_file(str(_weights_file(folder.path, None)))
 
 
-def inference_placement(device: torch.device | None = None) -> tuple[torch.device, torch.dtype]:
-    """(device, dtype) for inference: `device` (None = CUDA when available, else CPU) and its compute dtype
-    (r2g.dist.auto_dtype: bf16 on CUDA, fp32 on CPU)."""
+def inference_placement(precision: str = "auto", device: torch.device | None = None) -> tuple[torch.device, Precision]:
+    """Where and in what precision a run decodes: `device` (None = CUDA when available, else CPU) and the run's
+    `train.precision` resolved on it, so that a run decodes in the precision it trained in ("auto": bf16 on
+    CUDA, fp32 on the CPU)."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return device, auto_dtype(device)
+    return device, resolve_precision(precision, device)
 
 
 def load_for_inference(folder: RunFolder, device: torch.device | None = None):
-    """The run's model with its trained weights, in eval mode, placed by `inference_placement(device)`."""
+    """(the run's model with its trained weights, in eval mode, placed by `inference_placement`; its Precision,
+    whose `autocast` and `input_dtype` the caller generates with)."""
     from r2g.model.r2gen import build_model
 
-    device, dtype = inference_placement(device)
-    model = build_model(folder.cfg.model, dtype=dtype)
+    device, precision = inference_placement(folder.cfg.train.precision, device)
+    model = build_model(folder.cfg.model, dtype=precision.llm_dtype)
     model.load_trainable_state_dict(trained_weights(folder))
-    return model.to(device).eval()
+    if precision.ds_bf16:  # DeepSpeed's bf16 mode trained every weight in bf16, the trainables included
+        model.to(torch.bfloat16)
+    return model.to(device).eval(), precision

@@ -22,7 +22,7 @@ from typing import Any
 from r2g.config import GenerateConfig, replace
 from r2g.data.loader import make_loader, shard_paths, study_images
 from r2g.eval.decode import decode, per_rank_limit
-from r2g.eval.reconstitute import RunFolder, inference_placement, load_for_inference, open_run
+from r2g.eval.reconstitute import RunFolder, load_for_inference, open_run
 from r2g.errors import R2GError
 
 
@@ -94,15 +94,17 @@ def evaluate(plan: EvalPlan, on_batch: Callable[[int], None] | None = None) -> d
         from r2g.dist import init_distributed
 
         rank, world, device = init_distributed()
-    device, dtype = inference_placement(device)
-    model = load_for_inference(folder, device)
+    model, precision = load_for_inference(folder, device)
+    device = next(model.parameters()).device
     cfg, shards, split = folder.cfg, folder.cfg.data.shards, opts.split
     gen: GenerateConfig = replace(cfg.generate, **opts.generate)
     data = dataclasses.replace(cfg.data, skip_damaged_shards=False)  # a score must cover the whole split
     loader, _, _ = make_loader(shards, split, data, gen.batch_size, train=False, rank=rank, world=world,
                                workers=opts.workers)
     per_rank = per_rank_limit(opts.max_samples, world)
-    rows = decode(model, loader, gen, device, dtype, max_samples=per_rank, distributed=world > 1, on_batch=on_batch)
+    with precision.autocast(device):  # decode in the precision the run trained in
+        rows = decode(model, loader, gen, device, precision.input_dtype, max_samples=per_rank, distributed=world > 1,
+                      on_batch=on_batch)
     if rank != 0:
         return {}
     if len(rows) < plan.studies:
