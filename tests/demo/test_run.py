@@ -27,7 +27,8 @@ def test_demo_at_toy_size(tmp_path, monkeypatch):
         assert results[run]["studies"] == 5 and 0.0 <= results[run]["ce_micro_f1"] <= 1.0
         saved = json.loads(Path(f"demo/runs/{run}/r2g_config.json").read_text())
         assert saved["data"]["blank_images"] is blank and saved["model"]["mode"] == "delta"
-        assert saved["model"]["vision_weights"] == "demo/swin-pretrained.safetensors"
+        # recorded absolute, so the run folder works from any directory (`cd demo && r2g generate …`)
+        assert saved["model"]["vision_weights"] == str(tmp_path / "demo" / "swin-pretrained.safetensors")
     gain = results["ce_micro_f1_gain"]
     assert gain["gain"] == pytest.approx(results["with-images"]["ce_micro_f1"] - results["blank-images"]["ce_micro_f1"])
     assert gain["low"] <= gain["gain"] <= gain["high"]
