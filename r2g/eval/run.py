@@ -28,7 +28,8 @@ from r2g.errors import R2GError
 
 @dataclass(frozen=True)
 class EvalOptions:
-    """How `evaluate` runs; each field is the `r2g eval` flag of the same name."""
+    """How `evaluate` runs: each field is the `r2g eval` flag of the same name, except `generate`, which holds
+    the generation flags given (--num-beams, --max-new-tokens, ...)."""
 
     split: str = "test"
     out: str | Path | None = None  # output folder; None = RUN/eval-SPLIT
