@@ -29,8 +29,9 @@ import webdataset as wds
 from PIL import Image
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from r2g.config import DATASETS
 from r2g.data.annotation import BadSample, Study, load_annotation, sha256_file
-from r2g.data.reports import DATASETS, clean_report
+from r2g.data.reports import clean_report
 from r2g.errors import R2GError
 
 MANIFEST_FORMAT = "r2g-shards/1"
