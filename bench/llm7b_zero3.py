@@ -59,15 +59,15 @@ def llama_config(size: str, tokenizer):
 
 def write_llm(folder: Path, size: str) -> int:
     """Random bf16 Llama weights, ~1 GB per shard, written shard by shard; returns the parameter count."""
-    import torch
+    done = folder / "complete.json"
+    if done.is_file() and json.loads(done.read_text())["size"] == size:
+        return json.loads(done.read_text())["params"]
+    import torch  # only here: the sampling parent of a rerun stays small
     from safetensors.torch import save_file
     from transformers import LlamaForCausalLM
 
     from r2g.demo.tiny_lm import train_tokenizer
 
-    done = folder / "complete.json"
-    if done.is_file() and json.loads(done.read_text())["size"] == size:
-        return json.loads(done.read_text())["params"]
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     tokenizer = train_tokenizer([REPORT.lower(), REPORT] * 50, vocab_size=300)
@@ -102,6 +102,17 @@ def write_llm(folder: Path, size: str) -> int:
     params = sum(torch.Size(s).numel() for s in shapes.values())
     done.write_text(json.dumps({"size": size, "params": params}))
     return params
+
+
+def write_ds_config(path: Path) -> Path:
+    """The shipped ZeRO-3 config, holding fewer gathered weights at a time: DeepSpeed's defaults keep up to 1e9
+    gathered parameters live and any due for reuse within 1e9 (the last LLM layers, from forward to backward:
+    ~2 GB of bf16 per rank at 7B), which this machine cannot spare. Only what is held changes, not the maths."""
+    ds = json.loads((ROOT / "ds_configs" / "zero3.json").read_text())
+    ds["zero_optimization"].update(stage3_max_live_parameters=200_000_000, stage3_max_reuse_distance=0,
+                                   stage3_prefetch_bucket_size=20_000_000, reduce_bucket_size=20_000_000)
+    path.write_text(json.dumps(ds, indent=1))
+    return path
 
 
 def write_shards(root: Path) -> Path:
@@ -237,8 +248,10 @@ def generate_worker(run: str, max_new_tokens: int) -> None:
     rank, world, device = init_distributed()
     folder = open_run(run)
     precision = resolve_precision("bf16", device, zero_stage=3)
-    ds = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}, "bf16": {"enabled": True},
-          "data_types": {"buffer_dtype": "bf16"}}
+    ds = json.loads((Path(run).parent / "zero3-lean.json").read_text())
+    for key in ("optimizer", "scheduler", "gradient_accumulation_steps", "gradient_clipping"):
+        ds.pop(key)  # inference: no optimizer, and no "auto" left unfilled
+    ds.update(train_micro_batch_size_per_gpu=1, bf16={"enabled": True}, data_types={"buffer_dtype": "bf16"})
     hf_ds = HfDeepSpeedConfig(ds)  # noqa: F841  (kept alive: the LLM loads partitioned)
     model = build_model(folder.cfg.model, dtype=precision.llm_dtype)
     model.load_trainable_state_dict(trained_weights(folder))
@@ -280,7 +293,7 @@ def main() -> None:
     a.work.mkdir(parents=True, exist_ok=True)
     result = {"date": "2026-11-30", "device": "2-core CPU, 24 GiB", "size": a.size, "ranks": a.ranks,
               "precision": "bf16", "zero": 3, "mode": "shallow", "vision": "swin_base_patch4_window7_224 @ 224 px (random)",
-              "micro_batch": 1}
+              "micro_batch": 1, "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}}
     t = time.perf_counter()
     params = write_llm(llm, a.size)
     result["write_s"] = round(time.perf_counter() - t, 1)
@@ -293,7 +306,7 @@ def main() -> None:
 
     train_args = [
         "cli/train.py", "--llm", str(llm), "--shards", str(shards), "--out", str(run),
-        "--ds", "ds_configs/zero3.json", "--precision", "bf16", "--mode", "shallow",
+        "--ds", str(write_ds_config(a.work / "zero3-lean.json")), "--precision", "bf16", "--mode", "shallow",
         "--vision-arch", "swin_base_patch4_window7_224", "--vision-weights", "none", "--image-size", "224",
         "--micro-batch", "1", "--max-steps", "1", "--epochs", "1", "--lr-schedule", "epoch_cosine", "--save-every", "1",
         "--val-samples", "-1", "--workers", "0", "--log-every", "1", "--max-report-tokens", "24",

@@ -56,6 +56,7 @@ def _worker(rank: int, world: int, port: int, folder: str, bad_folder: str) -> N
         load_llm(bad_folder, torch.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world", [2, 3])  # 3: the vocabulary x hidden weights do not split evenly (padding)
 def test_each_rank_loads_only_its_share_and_the_logits_match_a_plain_load(tmp_path: Path, world: int):
     folder = write_tiny_llm(tmp_path / "llm", CORPUS, hidden=32)
