@@ -28,8 +28,6 @@ from safetensors.torch import load_file
 from r2g.config import ModelConfig
 from r2g.errors import R2GError
 
-MODES = ("shallow", "delta", "deep")
-VIEW_MERGES = ("mean", "concat")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -81,8 +79,6 @@ def add_qv_lora(encoder: nn.Module, r: int, alpha: float, dropout: float) -> int
 
 def set_mode(encoder: nn.Module, cfg: ModelConfig) -> None:
     """Freeze / adapt the encoder for `cfg.mode` (shallow, delta or deep); see the module docstring."""
-    if cfg.mode not in MODES:
-        raise R2GError(f"model.mode: unknown mode '{cfg.mode}'; choose one of {list(MODES)} (--mode)")
     encoder.requires_grad_(cfg.mode == "deep")
     if cfg.mode == "delta" and add_qv_lora(encoder, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) == 0:
         raise R2GError(
@@ -227,14 +223,12 @@ def enable_grad_ckpt(encoder: nn.Module, cfg: ModelConfig) -> None:
 def build_vision_encoder(cfg: ModelConfig) -> nn.Module:
     """timm `cfg.vision_arch` without a head, weights from `cfg.vision_weights` (None = random init),
     frozen / LoRA-adapted for `cfg.mode`, its blocks checkpointed with `cfg.grad_ckpt`."""
-    if cfg.view_merge not in VIEW_MERGES:
-        raise R2GError(f"model.view_merge: unknown '{cfg.view_merge}'; choose one of {list(VIEW_MERGES)}")
     try:
         encoder = timm.create_model(cfg.vision_arch, pretrained=False, num_classes=0, **cfg.vision_kwargs)
     except (RuntimeError, TypeError) as e:  # unknown arch name, bad keyword
         raise R2GError(f"model.vision_arch / vision_kwargs: timm cannot build '{cfg.vision_arch}' ({e})") from None
-    if cfg.vision_weights:
-        load_vision_weights(encoder, cfg.vision_weights)  # before LoRA, so the names are plain timm names
+    if cfg.vision_weights_file:
+        load_vision_weights(encoder, cfg.vision_weights_file)  # before LoRA, so the names are plain timm names
     set_mode(encoder, cfg)
     if cfg.grad_ckpt:
         enable_grad_ckpt(encoder, cfg)
