@@ -31,6 +31,8 @@ from r2g.model.prompt import IGNORE_INDEX, IMAGE_OPEN, build_batch, pad_id, text
 from r2g.model.r2gen import build_model
 
 from .conftest import TINY_VISION_KWARGS
+from .test_eval import r2g
+from .test_train import assets, losses, train  # noqa: F401  (assets is a fixture)
 
 
 @dataclass(frozen=True)
@@ -243,3 +245,60 @@ def test_llm_lora_adapts_the_familys_query_and_value_projections(family_llm, nam
     x, mask = images()
     model(x, mask, **build_batch(tok, REPORTS, model.num_visual_tokens(1), model.cfg)).loss.backward()
     assert {n for n, p in model.named_parameters() if p.grad is not None} == trainable
+
+
+# --------------------------------------------------------------------------------- train -> eval -> generate
+
+# Each family once under ZeRO-2, two under ZeRO-3 (one process: the partitioned load is tested in test_train),
+# spread over the modes, LLM LoRA and activation checkpointing.
+E2E = [
+    pytest.param("llama3-instruct", "zero2", ("--mode", "shallow", "--llm-lora"), id="llama3-instruct-zero2"),
+    pytest.param("qwen2-instruct", "zero2", ("--mode", "delta", "--grad-ckpt"), id="qwen2-instruct-zero2"),
+    pytest.param("mistral", "zero2", ("--mode", "deep", "--llm-lora", "--grad-ckpt"), id="mistral-zero2"),
+    pytest.param("qwen2", "zero3", ("--mode", "delta", "--llm-lora", "--grad-ckpt"), id="qwen2-zero3"),
+    pytest.param("llama3", "zero3", ("--mode", "shallow"), id="llama3-zero3"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, stage, flags", E2E)
+def test_train_checkpoint_eval_generate(assets, family_llm, tmp_path, name, stage, flags):  # noqa: F811
+    fam, folder = FAMILIES[name], family_llm(name)[0]
+    out = tmp_path / "run"
+    train(assets, out, "--llm", str(folder), "--ds", f"ds_configs/{stage}.json", "--max-steps", "2",
+          "--val-samples", "-1", "--micro-batch", "2", *flags)
+    llm_weights = {n for n in load_file(out / "trainable.safetensors") if n.startswith("llm.")}
+    expected = {f"llm.base_model.model.model.layers.{i}.self_attn.{p}.lora_{ab}.default.weight"
+                for i in range(LAYERS) for p in ("q_proj", "v_proj") for ab in "AB"}
+    assert llm_weights == (expected if "--llm-lora" in flags else set())
+
+    # ZeRO-3 runs are read back from their partitioned checkpoint, ZeRO-2 runs from the exported weights.
+    checkpoint = ("--checkpoint", "latest") if stage == "zero3" else ()
+    r = r2g("eval", "--ckpt", str(out), "--shards", str(assets / "shards"), "--split", "test", "--out",
+            str(tmp_path / "eval"), "--no-meteor", "--workers", "1", "--num-beams", "2", "--min-new-tokens", "1",
+            "--max-new-tokens", "6", *checkpoint)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert [row["id"] for row in rows] == ["s0030", "s0031", "s0032", "s0033"]
+    assert not [row for row in rows for token in fam.specials if token in row["prediction"]]
+
+    image = assets / "raw" / "images" / "s0001" / "0.png"
+    r = r2g("generate", "--ckpt", str(out), str(image), "--out", str(tmp_path / "reports.jsonl"),
+            "--num-beams", "2", "--min-new-tokens", "1", "--max-new-tokens", "5")
+    assert r.returncode == 0, r.stdout + r.stderr
+    [row] = [json.loads(line) for line in (tmp_path / "reports.jsonl").read_text().splitlines()]
+    assert row["images"] == [str(image)] and isinstance(row["report"], str)
+
+
+@pytest.mark.slow
+def test_grad_ckpt_under_zero3_on_two_ranks_trains_as_without(assets, family_llm, tmp_path):  # noqa: F811
+    """Activation checkpointing recomputes through ZeRO-3's partitioned weights on 2 ranks: Swin LoRA, LLM LoRA
+    on Qwen2's biased projections and the mapper get the same gradients, so every later loss is the same."""
+    common = ("--llm", str(family_llm("qwen2")[0]), "--ds", "ds_configs/zero3.json", "--mode", "delta",
+              "--llm-lora", "--lr", "1e-2", "--max-steps", "3", "--val-samples", "-1", "--micro-batch", "2")
+    train(assets, tmp_path / "plain", *common, procs=2)
+    train(assets, tmp_path / "ckpt", *common, "--grad-ckpt", procs=2)
+    plain, ckpt = losses(tmp_path / "plain"), losses(tmp_path / "ckpt")
+    assert sorted(plain) == sorted(ckpt) == [1, 2, 3] and plain[3] != plain[1]
+    for step in plain:
+        assert ckpt[step] == pytest.approx(plain[step], rel=1e-5), step
