@@ -4,18 +4,25 @@ Pure arithmetic on published sizes: the LLM's config.json (a local HF folder, or
 r2g/model/configs/), the vision encoder's shapes (timm, built on the meta device: no memory, no weights), the
 DeepSpeed config's ZeRO stage, offload and bucket sizes, and the sequence budget of the dataset preset.
 
-Memory per GPU (or per CPU process with `device="cpu"`), in the compute dtype `a` bytes (bf16 = 2 on CUDA,
-fp32 = 4 on CPU, as `r2g train --precision auto` picks), W = data-parallel world size:
+Memory per GPU (or per CPU process with `device="cpu"`), `a` bytes per element of the frozen LLM and `va` of
+the trainables (bf16 = 2 on CUDA, fp32 = 4 on CPU, bf16-mixed: 2 and 4, as r2g.precision resolves
+`train.precision`), W = data-parallel world size:
 
     frozen LLM weights      a * P_llm                  (ZeRO-3: / W, plus the gathered layer and prefetch bucket)
-    trainable weights       a * n                      (ZeRO-3: / W)
-    gradients               a * n / W + 4 * n / W      (ZeRO-2/3 keep their partition, and an fp32 copy for the step)
+    trainable weights       va * n                     (ZeRO-3: / W)
+    gradients               va * n / W + 4 * n / W     (ZeRO-2: its partition and the fp32 copy the step uses;
+                                                        ZeRO-3: a persistent fp32 partition, 4 * n / W)
     fp32 masters + Adam     (4 + 4 + 4) * n / W        (offload_optimizer: on the host instead)
-    DeepSpeed buckets       reduce_bucket_size * a     (x2 under ZeRO-2 with overlap_comm; on CPU only the
+    DeepSpeed buckets       reduce_bucket_size * va    (x2 under ZeRO-2 with overlap_comm; on CPU only the
                                                         part the gradients fill is ever touched)
     LLM activations         B * T * (per-layer bytes of `llm_layer_bytes` * L + logits), see there
-    vision encoder          frozen Swin weights + B * views * a * k_mode * sum(tokens * channels of every block)
-    workspace               CUDA context + NCCL buffers + allocator slack (assumptions, see GPU_ASSUMPTIONS)
+    vision encoder          frozen Swin weights + B * views * va * k_mode * sum(tokens * channels of every block)
+    workspace               CUDA context + NCCL buffers + allocator slack (GPU_ASSUMPTIONS), or on CPU the
+                            runtime's own memory + allocator slack (CPU_ASSUMPTIONS)
+
+The total is a step's peak, not the sum of the rows: the activations are all alive when backward starts and
+the gradients fill as backward frees them, so it counts what persists (`persistent_rows`) plus the larger of
+the two (`peak`).
 
 n = trainable parameters (mapper; + Swin q/v LoRA in delta; + all of Swin in deep). Time per epoch uses
 `r2g.model.flops.train_flops_per_sample` at an assumed model FLOPs utilisation (MFU) of the GPU's peak.
@@ -54,6 +61,8 @@ GPU_ASSUMPTIONS = {
     "allocator_slack": 0.10,  # caching-allocator fragmentation, as a share of the tensors above
 }
 CPU_ASSUMPTIONS = {
+    "runtime_gib": 0.15,  # what r2g train holds beyond its imports besides tensors: DeepSpeed engine, gloo, the
+                          # data pipeline, Python objects (measured: 0.13-0.16 GB, bench/plan_check.py)
     "allocator_slack": 0.10,  # glibc heap fragmentation, as a share of the tensors above
 }
 
@@ -361,8 +370,9 @@ class Plan:
 
     @property
     def model_states(self) -> float:
-        """Weights, gradients, optimizer states and DeepSpeed's buckets: what does not scale with the batch."""
-        return sum(v for k, v in self.memory.items() if k in MODEL_STATE_ROWS)
+        """What stays between steps: the weights, the fp32 masters and Adam's moments (and on CUDA DeepSpeed's
+        buckets, which it allocates once); gradients and activations come and go within a step."""
+        return sum(v for k, v in self.memory.items() if k in persistent_rows(self.setup))
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -373,8 +383,25 @@ class Plan:
         return d
 
 
-MODEL_STATE_ROWS = ("frozen LLM weights", "ZeRO-3 gathered weights", "trainable weights", "gradients",
-                    "fp32 masters + Adam", "DeepSpeed buckets", "vision weights (frozen)")
+def persistent_rows(setup: Setup) -> tuple[str, ...]:
+    """Rows that stay allocated through the step. ZeRO-3 allocates its gradient partition and its bucket once;
+    ZeRO-2 allocates its buckets at each backward (in full on CUDA; on CPU a page is resident only once a
+    gradient is written to it) and its gradient partition as backward ends."""
+    rows = ("frozen LLM weights", "trainable weights", "fp32 masters + Adam", "vision weights (frozen)")
+    if setup.ds.stage >= 3:
+        return rows + ("gradients", "DeepSpeed buckets")
+    return rows + (("DeepSpeed buckets",) if setup.device == "cuda" else ())
+
+
+def peak(rows: dict[str, float], setup: Setup) -> float:
+    """Peak tensors of a step: what persists, plus the gathered ZeRO-3 layers, plus the larger of the
+    activations (all alive when backward starts) and the gradient side (the gradients and, on CPU, the buckets
+    they pass through, which fill as backward frees the activations)."""
+    keep = persistent_rows(setup)
+    activations = rows["LLM activations"] + rows["vision activations"]
+    gradient_side = sum(v for k, v in rows.items() if k in ("gradients", "DeepSpeed buckets") and k not in keep)
+    return (sum(rows[k] for k in keep if k in rows) + rows.get("ZeRO-3 gathered weights", 0.0)
+            + max(activations, gradient_side))
 
 
 def memory_rows(llm: LLMShape, vision: VisionShape, setup: Setup, seq_len: int, micro_batch: int) -> tuple[dict, float]:
@@ -393,7 +420,9 @@ def memory_rows(llm: LLMShape, vision: VisionShape, setup: Setup, seq_len: int, 
     if zero3:  # the layer being computed, gathered whole, plus the next ones being prefetched
         rows["ZeRO-3 gathered weights"] = a * (max(llm.layer_params, llm.vocab * llm.hidden) + ds.prefetch_bucket_size)
     rows["trainable weights"] = va * n / shard
-    rows["gradients"] = va * n / grad_shard + 4 * n / opt_shard
+    # ZeRO-3: an fp32 partition of the gradients (the bucket holds them on the way); below: the gradients in
+    # the compute dtype, then the (partitioned) fp32 copy the optimizer steps on.
+    rows["gradients"] = 4 * n / W if zero3 else va * n / grad_shard + 4 * n / opt_shard
     optimizer = 12 * n / opt_shard  # fp32 master copy + Adam's two moments
     rows["fp32 masters + Adam"] = 0.0 if ds.offload_optimizer else optimizer
     if ds.contiguous_gradients and ds.stage >= 2:
@@ -404,12 +433,12 @@ def memory_rows(llm: LLMShape, vision: VisionShape, setup: Setup, seq_len: int, 
     rows["vision weights (frozen)"] = va * frozen_vision / shard
     rows["LLM activations"] = micro_batch * llm_activation_bytes(llm, a, seq_len, setup.grad_ckpt)
     rows["vision activations"] = micro_batch * n_views * va * vision_activation_elements(vision, setup.mode, setup.grad_ckpt)
-    tensors = sum(rows.values())
+    tensors = peak(rows, setup)
     if setup.device == "cuda":
         g = GPU_ASSUMPTIONS
         rows["workspace"] = (g["cuda_context_gib"] + (g["nccl_gib"] if W > 1 else 0)) * GIB + g["allocator_slack"] * tensors
     else:
-        rows["workspace"] = CPU_ASSUMPTIONS["allocator_slack"] * tensors
+        rows["workspace"] = CPU_ASSUMPTIONS["runtime_gib"] * GIB + CPU_ASSUMPTIONS["allocator_slack"] * tensors
     host = (optimizer if ds.offload_optimizer else 0.0) + (a * llm.params / W if zero3 and ds.offload_param else 0.0)
     return rows, host
 
@@ -425,10 +454,8 @@ def estimate(llm: LLMShape, vision: VisionShape, setup: Setup, suggest: bool = T
     seq = sequence(setup, vision)
     T = seq["total"]
     rows, host = memory_rows(llm, vision, setup, T, setup.micro_batch)
-    total, capacity = sum(rows.values()), setup.mem_gib * GIB
-    empty = sum(memory_rows(llm, vision, setup, T, 0)[0].values())
-    per_sample = sum(memory_rows(llm, vision, setup, T, 1)[0].values()) - empty
-    max_micro_batch = max(0, int((capacity - empty) // per_sample))
+    total, capacity = _total(llm, vision, setup), setup.mem_gib * GIB
+    max_micro_batch = largest_micro_batch(llm, vision, setup)
 
     counts = FlopCounts(llm_matmul_params=llm.matmul_params, llm_layers=llm.layers, llm_hidden=llm.hidden,
                         vision_forward=vision.forward_flops, vision_features=vision.features, mode=setup.mode)
@@ -454,8 +481,22 @@ def estimate(llm: LLMShape, vision: VisionShape, setup: Setup, suggest: bool = T
     return plan
 
 
+def largest_micro_batch(llm: LLMShape, vision: VisionShape, setup: Setup, limit: int = 1 << 16) -> int:
+    """The largest micro-batch whose peak fits in setup.mem_gib (0 if none does); the peak grows with it."""
+    fits = lambda b: _total(llm, vision, dataclasses.replace(setup, micro_batch=b)) <= setup.mem_gib * GIB  # noqa: E731
+    lo, hi = 0, 1
+    while hi <= limit and fits(hi):
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
 def _total(llm: LLMShape, vision: VisionShape, setup: Setup) -> float:
-    return sum(memory_rows(llm, vision, setup, sequence(setup, vision)["total"], setup.micro_batch)[0].values())
+    """Peak bytes per GPU: the step's peak tensors plus the workspace."""
+    rows = memory_rows(llm, vision, setup, sequence(setup, vision)["total"], setup.micro_batch)[0]
+    return peak(rows, setup) + rows["workspace"]
 
 
 def suggestions(llm: LLMShape, vision: VisionShape, setup: Setup) -> list[str]:

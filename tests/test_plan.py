@@ -11,7 +11,7 @@ import torch
 from r2g.config import ModelConfig
 from r2g.errors import R2GError
 from r2g.plan import (
-    VISION_SAVED_PER_TOKEN_CHANNEL, DSFacts, LLMShape, Setup, VisionShape, builtin_names, estimate,
+    GIB, VISION_SAVED_PER_TOKEN_CHANNEL, DSFacts, LLMShape, Setup, VisionShape, builtin_names, estimate,
     llm_head_bytes, llm_layer_bytes, load_llm_shape, memory_rows, read_ds, vision_shape,
 )
 
@@ -205,8 +205,10 @@ def test_cpu_device_has_no_cuda_context_and_fp32(swin_b):
     plan = estimate(load_llm_shape("llama2-7b"), swin_b, Setup(device="cpu", peak_tflops=None, mem_gib=64))
     rows = plan.memory
     assert rows["frozen LLM weights"] == 4 * load_llm_shape("llama2-7b").params
-    tensors = sum(v for k, v in rows.items() if k != "workspace")
-    assert rows["workspace"] == pytest.approx(0.10 * tensors)
+    tensors = sum(v for k, v in rows.items() if k not in ("workspace", "gradients", "DeepSpeed buckets"))
+    assert rows["workspace"] == pytest.approx(0.15 * GIB + 0.10 * tensors)
+    assert plan.model_states == sum(rows[k] for k in ("frozen LLM weights", "trainable weights",
+                                                      "fp32 masters + Adam", "vision weights (frozen)"))
     assert plan.samples_per_s is None and plan.hours_per_epoch is None
 
 
@@ -227,7 +229,8 @@ def test_plan_command_reads_a_local_folder_and_prints_json(tmp_path):
     assert plan["llm_params"] == TINY.params
     assert plan["setup"]["world"] == 2 and plan["sequence"]["report"] == 60  # IU-Xray's report budget
     assert plan["studies"] == 2_069 and plan["fits"] is True
-    assert plan["total"] == pytest.approx(sum(plan["memory"].values()))
+    rows = plan["memory"]  # nothing trains but the mapper, so the activations outweigh the gradients
+    assert plan["total"] == pytest.approx(sum(v for k, v in rows.items() if k != "gradients"))
     assert plan["hours_per_epoch"] == pytest.approx(plan["studies"] / plan["samples_per_s"] / 3600)
     table = runner.invoke(app, ["plan", "--llm", "llama2-70b"])
     assert table.exit_code == 0 and "does not fit" in table.stdout and "zero3.json over >=" in table.stdout
@@ -253,3 +256,15 @@ def test_grad_ckpt_keeps_block_inputs_of_swin(swin_b):
     per_image = 2 * (swin_b.token_channels + VISION_SAVED_PER_TOKEN_CHANNEL["deep"] * swin_b.largest_block)
     assert ckpt == 6 * per_image < full / 4  # micro-batch 6, one MIMIC-CXR view each
     assert estimate(llm, swin_b, Setup(mode="shallow", grad_ckpt=True)).memory["vision activations"] == 0
+
+
+def test_peak_counts_the_larger_of_activations_and_gradients():
+    from r2g.plan import peak
+
+    rows = {"frozen LLM weights": 10, "trainable weights": 1, "gradients": 5, "fp32 masters + Adam": 3,
+            "DeepSpeed buckets": 7, "vision weights (frozen)": 2, "LLM activations": 4, "vision activations": 4}
+    # CPU: buckets are touched only as gradients pass through them -> 16 persistent + max(8, 5 + 7)
+    assert peak(rows, Setup(device="cpu")) == 16 + 12
+    # CUDA: DeepSpeed allocates the buckets once, so they persist -> 23 + max(8, 5)
+    assert peak(rows, Setup(device="cuda")) == 23 + 8
+    assert peak(rows | {"ZeRO-3 gathered weights": 6}, Setup(device="cuda")) == 23 + 6 + 8
