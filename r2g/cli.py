@@ -172,13 +172,15 @@ def _flag_type(hint) -> type:
     return str
 
 
-def config_flags() -> list[inspect.Parameter]:
-    """One `--flag` per settable config field, named after it (`train.micro_batch` -> `--micro-batch`), with the
-    field's help, choices and default. Unset flags are None, so the recipe or the default stands."""
+def config_flags(sections: tuple[str, ...], default_from: str = "") -> list[inspect.Parameter]:
+    """One `--flag` per settable field of the config `sections`, named after it (`train.micro_batch` ->
+    `--micro-batch`), with the field's help, choices and default (or `default_from`, where the value comes from).
+    Unset flags are None, so the recipe or the default stands."""
     from r2g.config import SECTIONS, choices, flag_name
 
     params = []
-    for section, klass in SECTIONS.items():
+    for section in sections:
+        klass = SECTIONS[section]
         hints = typing.get_type_hints(klass)
         for f in dataclasses.fields(klass):
             if not f.metadata.get("cli", True):
@@ -186,7 +188,7 @@ def config_flags() -> list[inspect.Parameter]:
             kind, flag = _flag_type(hints[f.name]), flag_name(f)
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             allowed = choices(klass, f.name)
-            help_text = f.metadata["help"] + (f" One of: {', '.join(allowed)}." if allowed else "") + f" (default: {default})"
+            help_text = f.metadata["help"] + (f" One of: {', '.join(allowed)}." if allowed else "") + f" (default: {default_from or default})"
             spelling = f"--{flag}/--no-{flag}" if kind is bool else f"--{flag}"
             option = typer.Option(None, spelling, help=help_text, rich_help_panel=f"{section} settings")
             params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
@@ -249,18 +251,17 @@ def train(
         console.print(f"[green]done[/]: {result['steps']} steps; {chosen} weights in {cfg.train.out}/trainable.safetensors")
 
 
-_own = [p for p in inspect.signature(train).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-train.__signature__ = inspect.Signature(_own + config_flags())
-app.command()(train)
+def with_config_flags(command, sections: tuple[str, ...], default_from: str = ""):
+    """Give `command(..., **flags)` one CLI option per field of the config `sections` (Typer reads the signature)."""
+    own = [p for p in inspect.signature(command).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    command.__signature__ = inspect.Signature(own + config_flags(sections, default_from))
+    return command
+
+
+app.command()(with_config_flags(train, ("data", "model", "train", "generate")))
 
 
 # ---------------------------------------------------------------------------------------------- eval
-def _gen_overrides(num_beams, min_new_tokens, max_new_tokens, repetition_penalty, length_penalty, batch_size) -> dict:
-    values = dict(num_beams=num_beams, min_new_tokens=min_new_tokens, max_new_tokens=max_new_tokens,
-                  repetition_penalty=repetition_penalty, length_penalty=length_penalty, batch_size=batch_size)
-    return {k: v for k, v in values.items() if v is not None}
-
-
 def print_metrics(metrics: dict, title: str) -> None:
     from r2g.metrics.keys import HEADLINE
 
@@ -282,7 +283,6 @@ CHECKPOINT_HELP = "Read weights from a DeepSpeed checkpoint tag (or 'latest') in
 MISMATCH_HELP = "Go ahead when --llm's config differs from the trained one."
 
 
-@app.command("eval")
 def eval_command(
     ckpt: Path = typer.Option(..., help=CKPT_HELP),
     shards: Optional[str] = typer.Option(None, help="Shard folder to evaluate on, if not the run's own (r2g_config.json)."),
@@ -297,11 +297,9 @@ def eval_command(
     labeler_weights: Optional[str] = typer.Option(None, help="Local CheXbert folder (chexbert.pth + bert-base-uncased/)."),
     truncated_refs: bool = typer.Option(False, help="Compatibility only: score against references truncated to the token budget, as the reference code does (inflates scores)."),
     max_samples: int = typer.Option(0, help="Evaluate only the first N studies (0 = all)."),
-    num_beams: Optional[int] = typer.Option(None), min_new_tokens: Optional[int] = typer.Option(None),
-    max_new_tokens: Optional[int] = typer.Option(None), repetition_penalty: Optional[float] = typer.Option(None),
-    length_penalty: Optional[float] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
     workers: int = typer.Option(2, help="Data-loader workers."),
     local_rank: int = typer.Option(-1, "--local_rank", "--local-rank", hidden=True),
+    **generation,
 ):
     """Generate reports for a split and score them (BLEU, METEOR, ROUGE-L, CIDEr, CheXpert CE)."""
     from r2g.eval.run import EvalOptions, evaluate, prepare
@@ -310,7 +308,7 @@ def eval_command(
         split=split, out=out, shards=shards, llm=llm, vision_weights=vision_weights, checkpoint=checkpoint,
         allow_llm_mismatch=allow_llm_mismatch, meteor=meteor, labeler=labeler, labeler_weights=labeler_weights,
         truncated_refs=truncated_refs, max_samples=max_samples, workers=workers,
-        generate=_gen_overrides(num_beams, min_new_tokens, max_new_tokens, repetition_penalty, length_penalty, batch_size),
+        generate=config_overrides(generation).get("generate", {}),  # over the run's own generation settings
     )
     plan = prepare(ckpt, opts)  # every input checked before the progress bar and the model load
     is_rank0 = int(os.environ.get("RANK", 0)) == 0
@@ -322,7 +320,9 @@ def eval_command(
         console.print("files: " + ", ".join(metrics["files"].values()))
 
 
-@app.command()
+app.command("eval")(with_config_flags(eval_command, ("generate",), default_from="the run's r2g_config.json"))
+
+
 def generate(
     inputs: list[str] = typer.Argument(..., help="Images, folders of images, or frontal.png,lateral.png pairs."),
     ckpt: Path = typer.Option(..., help=CKPT_HELP),
@@ -331,8 +331,7 @@ def generate(
     checkpoint: Optional[str] = typer.Option(None, help=CHECKPOINT_HELP),
     allow_llm_mismatch: bool = typer.Option(False, help=MISMATCH_HELP),
     out: Optional[Path] = typer.Option(None, help="Write JSONL (.jsonl) or plain text (one report per line)."),
-    num_beams: Optional[int] = typer.Option(None), min_new_tokens: Optional[int] = typer.Option(None),
-    max_new_tokens: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
+    **generation,
 ):
     """Write reports for new chest X-ray images."""
     import json
@@ -344,8 +343,7 @@ def generate(
     studies = collect_studies(inputs)
     run = open_run(ckpt, llm, vision_weights, checkpoint=checkpoint, allow_llm_mismatch=allow_llm_mismatch)
     model, precision = load_for_inference(run)  # on the GPU when there is one, in the run's precision
-    results = generate_reports(model, precision, run.cfg, studies,
-                               _gen_overrides(num_beams, min_new_tokens, max_new_tokens, None, None, batch_size))
+    results = generate_reports(model, precision, run.cfg, studies, config_overrides(generation).get("generate", {}))
     if out is None:
         for r in results:
             console.print(f"[bold]{' + '.join(r['images'])}[/]\n{r['report']}\n", highlight=False)
@@ -355,6 +353,9 @@ def generate(
         out.write_text("".join(r["report"] + "\n" for r in results))
     if out is not None:
         console.print(f"[green]wrote[/] {len(results)} report(s) to {out}")
+
+
+app.command()(with_config_flags(generate, ("generate",), default_from="the run's r2g_config.json"))
 
 
 @app.command()

@@ -177,3 +177,13 @@ def test_error_messages_name_only_flags_that_exist():
     assert named, "the scan found no flags at all"
     missing = {f: where for f, where in named.items() if f not in flags}
     assert not missing, f"error messages name flags the CLI lacks: {missing}"
+
+
+def test_eval_and_generate_take_every_generation_setting_as_a_flag():
+    from r2g.config import GenerateConfig, flag_name
+
+    group = typer.main.get_command(app)
+    expected = {"--" + flag_name(f) for f in dataclasses.fields(GenerateConfig)}
+    for name in ("eval", "generate", "train"):
+        opts = {o for p in group.commands[name].params for o in p.opts}
+        assert expected <= opts, (name, expected - opts)
