@@ -15,7 +15,7 @@ from r2g.config import DataConfig, ModelConfig
 from r2g.data.shard import ShardOptions, shard_dataset
 from r2g.demo.dataset import generate
 from r2g.demo.pretrain_vision import TokenScoreHead, balanced_pos_weight, batch_targets, pretrain_vision
-from r2g.demo.run import present_findings
+from r2g.demo.run import pinned_threads, present_findings
 from r2g.errors import R2GError
 from r2g.model.vision import build_vision_encoder
 
@@ -57,14 +57,19 @@ def test_a_study_without_a_target_is_named():
         batch_targets(targets, ["s1", "s9"])
 
 
-def test_pretraining_on_generated_shards_saves_weights_that_load(tmp_path):
+def toy_pretraining(tmp_path) -> tuple[ModelConfig, DataConfig, dict[str, torch.Tensor]]:
+    """A tiny Swin's config, generated 64 px shards of 40 studies, and their train studies' targets."""
     generate(tmp_path / "data", studies=40, style="mimic", seed=0, image_size=64, workers=1)
     shard_dataset(tmp_path / "data" / "annotation.json", tmp_path / "data" / "images", tmp_path / "shards",
                   ShardOptions("mimic_cxr", shard_size=20))
     train = json.loads((tmp_path / "data" / "annotation.json").read_text())["train"]
     targets = {e["id"]: torch.tensor(present_findings(e["labels"])) for e in train}
     model_cfg = ModelConfig(vision_arch="swin_tiny_patch4_window7_224", vision_kwargs=TINY_VISION_KWARGS)
-    data_cfg = DataConfig(shards=str(tmp_path / "shards"), image_size=64, workers=0)
+    return model_cfg, DataConfig(shards=str(tmp_path / "shards"), image_size=64, workers=0), targets
+
+
+def test_pretraining_on_generated_shards_saves_weights_that_load(tmp_path):
+    model_cfg, data_cfg, targets = toy_pretraining(tmp_path)
     out = tmp_path / "swin.safetensors"
     logged = []
     result = pretrain_vision(model_cfg, data_cfg, targets, out, steps=4, lr=1e-3, batch_size=8, seed=0, log=logged.append)
@@ -87,3 +92,22 @@ def test_pretraining_on_generated_shards_saves_weights_that_load(tmp_path):
         pretrain_vision(model_cfg, data_cfg, {}, tmp_path / "x.safetensors", steps=2)
     with pytest.raises(R2GError, match="no target for train study"):
         pretrain_vision(model_cfg, data_cfg, dict(list(targets.items())[:3]), tmp_path / "x.safetensors", steps=2)
+
+
+def test_under_the_demos_pinned_threads_the_callers_thread_count_does_not_matter(tmp_path):
+    """The cause of different demo figures from the same seed (issue 11): CPU kernels split float sums across
+    threads, so pretraining gives other weights at 1 and at 2 torch threads (measured on 2 cores, even after
+    one step at toy size), and every later stage inherits them. The demo pins the count (`pinned_threads`),
+    so the caller's count no longer matters."""
+    model_cfg, data_cfg, targets = toy_pretraining(tmp_path)
+    weights = []
+    for callers in (2, 1):
+        torch.set_num_threads(callers)
+        out = tmp_path / f"swin-{callers}.safetensors"
+        with pinned_threads(1):  # 1, not the demo's 2: quick on a busy machine
+            pretrain_vision(model_cfg, data_cfg, targets, out, steps=1, batch_size=8, seed=0)
+        assert torch.get_num_threads() == callers  # given back
+        weights.append(load_file(out))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+

@@ -1,6 +1,6 @@
 """The main job end to end at toy size: every stage runs through the real code (synthetic data, shards, tiny
 LM in the prompt layout, encoder pretraining, delta alignment under DeepSpeed ZeRO-2, evaluation) for both
-twins, and the result carries the paired comparison the demo prints."""
+twins, on the demo's pinned thread count, and the result carries the paired comparison the demo prints."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from r2g.demo.run import DemoOptions, demo_config, run_demo
@@ -17,9 +18,34 @@ pytestmark = pytest.mark.slow
 
 def test_demo_at_toy_size(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the shipped DeepSpeed config is found from any folder
-    opts = DemoOptions(out=Path("demo"), studies=60, steps=2, lm_steps=2, vision_steps=2, test_studies=5)
+    # Every training and evaluation stage must run on the pinned count (1 here, so the toy run stays quick on a
+    # busy machine), not on the caller's (2).
+    threads_seen = {}
+
+    def spy(module, name):
+        real = getattr(module, name)
+
+        def wrapped(*args, **kwargs):
+            threads_seen[name] = torch.get_num_threads()
+            return real(*args, **kwargs)
+        monkeypatch.setattr(module, name, wrapped)
+
+    import r2g.demo.pretrain_vision
+    import r2g.demo.tiny_lm
+    import r2g.eval.run
+    import r2g.train.loop
+
+    for module, name in ((r2g.demo.tiny_lm, "train_tiny_lm"), (r2g.demo.pretrain_vision, "pretrain_vision"),
+                         (r2g.train.loop, "run"), (r2g.eval.run, "evaluate")):
+        spy(module, name)
+    opts = DemoOptions(out=Path("demo"), studies=60, steps=2, lm_steps=2, vision_steps=2, test_studies=5, threads=1)
     logged = []
+    torch.set_num_threads(2)  # the caller's count
     results = run_demo(opts, log=logged.append)
+    assert torch.get_num_threads() == 2  # given back after the demo
+    torch.set_num_threads(1)
+    assert threads_seen == {"train_tiny_lm": 1, "pretrain_vision": 1, "run": 1, "evaluate": 1}
+    assert results["threads"] == 1
 
     assert [m.split(" ", 1)[0] for m in logged if m[:1].isdigit()] == ["1/6", "2/6", "3/6", "4/6", "5/6", "6/6", "5/6", "6/6"]
     assert set(load_file("demo/swin-pretrained.safetensors")) and Path("demo/tiny-lm/config.json").is_file()
