@@ -6,9 +6,9 @@
 
 Each case trains 2 steps through the real entry point (`r2g train`, fp32 as on any CPU, --workers 0,
 no validation) on 1 rank (plain python) or 2 ranks (torchrun), Swin-B at 224 px from random weights, a Llama
-folder written with random bf16 weights by bench/llm7b_zero3.py's writer (tiny: hidden 64; 1b: hidden 2048,
-16 layers, 0.94B; both with Llama-2's 32,000-token vocabulary), on synthetic MIMIC-style studies (one view,
-reports longer than the 100-token budget).
+folder written with random bf16 weights by bench/llm7b_zero3.py's writer (tiny: hidden 64; 05b: hidden 1536,
+16 layers, 0.55B; 1b: hidden 2048, 16 layers, 0.94B; all with Llama-2's 32,000-token vocabulary), on synthetic
+MIMIC-style studies (one view, reports longer than the 100-token budget).
 
 Method. Each rank runs this file as a worker that installs probes around the real command and then calls
 `r2g.cli.main`: a thread reading the process's own /proc/self/status every 10 ms, and marks at the end of the
@@ -46,16 +46,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 WORKER = "--worker"
-# name: (LLM size of bench/llm7b_zero3.py, mode, DeepSpeed config, ranks, micro-batch)
+# name: (LLM size of bench/llm7b_zero3.py, mode, DeepSpeed config, ranks, micro-batch, --grad-ckpt)
 CASES = {
-    "tiny-delta-z2-1": ("tiny", "delta", "zero2", 1, 4),
-    "tiny-delta-z2-2": ("tiny", "delta", "zero2", 2, 4),
-    "tiny-deep-z2-1": ("tiny", "deep", "zero2", 1, 4),
-    "tiny-deep-z3-2": ("tiny", "deep", "zero3", 2, 4),
-    "1b-shallow-z2-1": ("1b", "shallow", "zero2", 1, 2),
-    "1b-shallow-z3-2": ("1b", "shallow", "zero3", 2, 2),
-    "1b-deep-z2-1": ("1b", "deep", "zero2", 1, 2),
+    "tiny-delta-z2-1": ("tiny", "delta", "zero2", 1, 4, False),
+    "tiny-delta-z2-2": ("tiny", "delta", "zero2", 2, 4, False),
+    "tiny-deep-z2-1": ("tiny", "deep", "zero2", 1, 4, False),
+    "tiny-deep-ckpt-z2-1": ("tiny", "deep", "zero2", 1, 4, True),
+    "tiny-deep-z3-2": ("tiny", "deep", "zero3", 2, 4, False),
+    "1b-shallow-z2-1": ("1b", "shallow", "zero2", 1, 2, False),
+    "1b-shallow-ckpt-z2-1": ("1b", "shallow", "zero2", 1, 2, True),
+    "05b-shallow-z3-2": ("05b", "shallow", "zero3", 2, 2, False),
+    "1b-deep-z2-1": ("1b", "deep", "zero2", 1, 1, False),
 }
+# A 0.5B Llama for 2 ranks under ZeRO-3: loading in fp32 peaks near two full copies on rank 0
+# (shared/notes/zero3-loading.md), which for the 1B would pass this machine's share of memory.
+HALF_B = {"hidden_size": 1536, "intermediate_size": 4096, "num_hidden_layers": 16, "num_attention_heads": 12}
 GB = 1e9
 
 
@@ -177,9 +182,10 @@ def prepare(work: Path) -> Path:
 
 
 def run_case(name: str, work: Path, shards: Path, port: int, reuse: bool) -> dict:
-    from bench.llm7b_zero3 import write_llm
+    from bench.llm7b_zero3 import SIZES, write_llm
 
-    size, mode, ds, ranks, micro_batch = CASES[name]
+    SIZES.setdefault("05b", HALF_B)
+    size, mode, ds, ranks, micro_batch, grad_ckpt = CASES[name]
     llm = work / f"llm-{size}"
     write_llm(llm, size)
     out = work / "runs" / name
@@ -191,7 +197,7 @@ def run_case(name: str, work: Path, shards: Path, port: int, reuse: bool) -> dic
     train_args = ["--llm", str(llm), "--shards", str(shards), "--out", str(out / "run"), "--ds", f"ds_configs/{ds}.json",
                   "--mode", mode, "--micro-batch", str(micro_batch), "--grad-accum", "1", "--max-steps", "2",
                   "--val-samples", "-1", "--workers", "0", "--vision-weights", "none", "--precision", "fp32",
-                  "--log-every", "1", "--save-every", "1000", "--warmup-steps", "1"]
+                  "--log-every", "1", "--save-every", "1000", "--warmup-steps", "1"] + (["--grad-ckpt"] if grad_ckpt else [])
     me = [str(Path(__file__).resolve()), WORKER, str(out), "--"]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     # See the module docstring: freed tensors go back to the OS at once.
@@ -209,9 +215,9 @@ def run_case(name: str, work: Path, shards: Path, port: int, reuse: bool) -> dic
 
 
 def measured(name: str, out: Path, llm: Path, seconds: float) -> dict:
-    size, mode, ds, ranks, _ = CASES[name]
+    size, mode, ds, ranks, _, grad_ckpt = CASES[name]
     per_rank = [summarise(json.loads((out / f"rank{r}.json").read_text())) for r in range(ranks)]
-    return {"case": name, "size": size, "mode": mode, "ds": ds, "ranks": ranks, "seconds": seconds,
+    return {"case": name, "size": size, "mode": mode, "ds": ds, "ranks": ranks, "grad_ckpt": grad_ckpt, "seconds": seconds,
             "llm": str(llm), "ranks_measured": per_rank}
 
 
@@ -223,7 +229,7 @@ def with_plan(row: dict) -> dict:
     r0 = row["ranks_measured"][0]
     setup = Setup(mode=row["mode"], gpus=row["ranks"], ds=read_ds(f"ds_configs/{row['ds']}.json"), device="cpu",
                   precision="fp32", micro_batch=r0["micro_batch"], seq_len=r0["seq_len"], views=round(r0["views"]),
-                  peak_tflops=None, mem_gib=1e6)
+                  grad_ckpt=row["grad_ckpt"], peak_tflops=None, mem_gib=1e6)
     plan = estimate(load_llm_shape(row["llm"]), vision_shape(ModelConfig(mode=row["mode"])), setup)
     worst = max(row["ranks_measured"], key=lambda r: r["total"])
     states = max(r["states"] for r in row["ranks_measured"])

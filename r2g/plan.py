@@ -418,7 +418,8 @@ def memory_rows(llm: LLMShape, vision: VisionShape, setup: Setup, seq_len: int, 
     rows: dict[str, float] = {}
     rows["frozen LLM weights"] = 0.0 if (zero3 and ds.offload_param) else a * llm.params / shard
     if zero3:  # the layer being computed, gathered whole, plus the next ones being prefetched
-        rows["ZeRO-3 gathered weights"] = a * (max(llm.layer_params, llm.vocab * llm.hidden) + ds.prefetch_bucket_size)
+        gathered = max(llm.layer_params, llm.vocab * llm.hidden) + ds.prefetch_bucket_size
+        rows["ZeRO-3 gathered weights"] = a * min(gathered, llm.params)
     rows["trainable weights"] = va * n / shard
     # ZeRO-3: an fp32 partition of the gradients (the bucket holds them on the way); below: the gradients in
     # the compute dtype, then the (partitioned) fp32 copy the optimizer steps on.

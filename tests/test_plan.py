@@ -76,6 +76,9 @@ def test_hand_computed_tiny_config():
     rows, _ = memory_rows(TINY, TINY_VISION, Setup(mode="shallow", ds=zero3, gpus=4), seq_len=5, micro_batch=0)
     assert rows["frozen LLM weights"] == 2 * 1352 / 4 and rows["trainable weights"] == 2 * n / 4
     assert rows["ZeRO-3 gathered weights"] == 2 * (592 + 100)  # a layer (> the 80-weight lm_head) + prefetch
+    big_prefetch = DSFacts(stage=3, contiguous_gradients=False, prefetch_bucket_size=10**6)
+    rows, _ = memory_rows(TINY, TINY_VISION, Setup(mode="shallow", ds=big_prefetch, gpus=4), seq_len=5, micro_batch=0)
+    assert rows["ZeRO-3 gathered weights"] == 2 * 1352  # never more than the whole model
     offload = DSFacts(stage=3, offload_param=True, offload_optimizer=True, contiguous_gradients=False)
     rows, host = memory_rows(TINY, TINY_VISION, Setup(mode="shallow", ds=offload, gpus=4), seq_len=5, micro_batch=0)
     assert rows["frozen LLM weights"] == rows["fp32 masters + Adam"] == 0
