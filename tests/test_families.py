@@ -249,14 +249,13 @@ def test_llm_lora_adapts_the_familys_query_and_value_projections(family_llm, nam
 
 # --------------------------------------------------------------------------------- train -> eval -> generate
 
-# Each family once under ZeRO-2, two under ZeRO-3 (one process: the partitioned load is tested in test_train),
-# spread over the modes, LLM LoRA and activation checkpointing.
+# Each family once under ZeRO-2 and Llama-3 (its 128k embedding partitioned) under ZeRO-3, spread over the modes,
+# LLM LoRA and activation checkpointing; Qwen2 trains under ZeRO-3 on 2 ranks in the --grad-ckpt test below.
 E2E = [
     pytest.param("llama3-instruct", "zero2", ("--mode", "shallow", "--llm-lora"), id="llama3-instruct-zero2"),
     pytest.param("qwen2-instruct", "zero2", ("--mode", "delta", "--grad-ckpt"), id="qwen2-instruct-zero2"),
     pytest.param("mistral", "zero2", ("--mode", "deep", "--llm-lora", "--grad-ckpt"), id="mistral-zero2"),
-    pytest.param("qwen2", "zero3", ("--mode", "delta", "--llm-lora", "--grad-ckpt"), id="qwen2-zero3"),
-    pytest.param("llama3", "zero3", ("--mode", "shallow"), id="llama3-zero3"),
+    pytest.param("llama3", "zero3", ("--mode", "delta", "--llm-lora"), id="llama3-zero3"),
 ]
 
 
