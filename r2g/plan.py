@@ -14,7 +14,7 @@ the trainables (bf16 = 2 on CUDA, fp32 = 4 on CPU, bf16-mixed: 2 and 4, as r2g.p
                                                         ZeRO-3: a persistent fp32 partition, 4 * n / W)
     fp32 masters + Adam     (4 + 4 + 4) * n / W        (offload_optimizer: on the host instead)
     DeepSpeed buckets       reduce_bucket_size * va    (x2 under ZeRO-2 with overlap_comm; on CPU only the
-                                                        part the gradients fill is ever touched)
+                                                        part the gradients fill is ever touched, see there)
     LLM activations         B * T * (per-layer bytes of `llm_layer_bytes` * L + logits), see there
     vision encoder          frozen Swin weights + B * views * va * k_mode * sum(tokens * channels of every block)
     workspace               CUDA context + NCCL buffers + allocator slack (GPU_ASSUMPTIONS), or on CPU the
@@ -426,9 +426,12 @@ def memory_rows(llm: LLMShape, vision: VisionShape, setup: Setup, seq_len: int, 
     rows["gradients"] = 4 * n / W if zero3 else va * n / grad_shard + 4 * n / opt_shard
     optimizer = 12 * n / opt_shard  # fp32 master copy + Adam's two moments
     rows["fp32 masters + Adam"] = 0.0 if ds.offload_optimizer else optimizer
-    if ds.contiguous_gradients and ds.stage >= 2:
+    if ds.contiguous_gradients and ds.stage >= 2 and (setup.device == "cuda" or zero3):
+        # CUDA allocates the whole bucket. On CPU a page becomes resident only once a gradient is written to
+        # it: ZeRO-3 keeps its one bucket, so what the gradients filled stays; ZeRO-2 allocates its buckets
+        # anew for each backward, and the gradients pass through them instead of staying in .grad, which the
+        # gradients row already counts (measured, bench/plan_check.py).
         buffers = 2 if (ds.stage == 2 and ds.overlap_comm) else 1
-        # CUDA reserves the whole bucket; on CPU only the pages the gradients are written to become resident.
         touched = ds.reduce_bucket_size if setup.device == "cuda" else min(ds.reduce_bucket_size, n)
         rows["DeepSpeed buckets"] = buffers * va * touched
     rows["vision weights (frozen)"] = va * frozen_vision / shard
