@@ -48,8 +48,9 @@ LLAMA_LIKE = ("llama", "mistral", "qwen2")
 
 # `--dataset` -> DATASET_PRESETS key, train studies and views per study. Studies: R2Gen's split, which
 # R2GenGPT uses (paper: MIMIC-CXR 270,790 train / 2,130 val / 3,858 test; IU-Xray 2,069 / 296 / 590 in R2Gen's
-# annotation.json). Views: R2Gen's MIMIC-CXR annotation has one image per study, its IU-Xray two.
-DATASETS = {
+# annotation.json; the IU-Xray annotation in shared/data follows another split, 3,062 train studies: pass
+# --studies). Views: R2Gen's MIMIC-CXR annotation has one image per study, its IU-Xray two.
+DATASET_FACTS = {
     "mimic": {"preset": "mimic_cxr", "train_studies": 270_790, "views": 1},
     "iu": {"preset": "iu_xray", "train_studies": 2_069, "views": 2},
 }
@@ -337,7 +338,7 @@ def sequence(setup: Setup, vision: VisionShape) -> dict[str, int]:
     from r2g.model.prompt import IMAGE_OPEN, text_after_image
 
     prompt = 1 + math.ceil(len(IMAGE_OPEN + text_after_image(PROMPT)) / 4)
-    report = preset(DATASETS[setup.dataset]["preset"])["max_report_tokens"]
+    report = preset(DATASET_FACTS[setup.dataset]["preset"])["max_report_tokens"]
     visual = vision.tokens_per_view  # the views of a study are averaged into one grid (view_merge "mean")
     if setup.seq_len:  # a measured length (bench/plan_check.py): the report is what the prompt leaves
         report = setup.seq_len - prompt - visual
@@ -407,7 +408,7 @@ def peak(rows: dict[str, float], setup: Setup) -> float:
 def memory_rows(llm: LLMShape, vision: VisionShape, setup: Setup, seq_len: int, micro_batch: int) -> tuple[dict, float]:
     """(bytes per GPU by row, bytes per GPU on the host) for one micro-batch size."""
     (a, va), W, ds = setup.dtype_bytes(), setup.world, setup.ds
-    n_views = setup.views or DATASETS[setup.dataset]["views"]
+    n_views = setup.views or DATASET_FACTS[setup.dataset]["views"]
     n = sum(trainable_params(setup.mode, vision, llm, setup.lora_r).values())
     zero3 = ds.stage >= 3
     shard = W if zero3 else 1
@@ -453,8 +454,8 @@ def estimate(llm: LLMShape, vision: VisionShape, setup: Setup, suggest: bool = T
 
     if setup.mode not in VISION_SAVED_PER_TOKEN_CHANNEL:
         raise R2GError(f"--mode '{setup.mode}': choose shallow, delta or deep")
-    if setup.dataset not in DATASETS:
-        raise R2GError(f"--dataset '{setup.dataset}': choose one of {sorted(DATASETS)}")
+    if setup.dataset not in DATASET_FACTS:
+        raise R2GError(f"--dataset '{setup.dataset}': choose one of {sorted(DATASET_FACTS)}")
     seq = sequence(setup, vision)
     T = seq["total"]
     rows, host = memory_rows(llm, vision, setup, T, setup.micro_batch)
@@ -463,11 +464,11 @@ def estimate(llm: LLMShape, vision: VisionShape, setup: Setup, suggest: bool = T
 
     counts = FlopCounts(llm_matmul_params=llm.matmul_params, llm_layers=llm.layers, llm_hidden=llm.hidden,
                         vision_forward=vision.forward_flops, vision_features=vision.features, mode=setup.mode)
-    n_views = setup.views or DATASETS[setup.dataset]["views"]
+    n_views = setup.views or DATASET_FACTS[setup.dataset]["views"]
     flops = train_flops_per_sample(counts, T, seq["visual"], n_images=n_views)
     # Checkpointing recomputes each LLM layer's forward during backward: work done, not model FLOPs.
     recompute = (2 * llm.matmul_params * T + 4 * llm.layers * T * T * llm.hidden) if setup.grad_ckpt else 0
-    studies = setup.studies or DATASETS[setup.dataset]["train_studies"]
+    studies = setup.studies or DATASET_FACTS[setup.dataset]["train_studies"]
     samples_per_s = hours = None
     if setup.peak_tflops:
         samples_per_s = setup.world * setup.mfu * setup.peak_tflops * 1e12 / (flops + recompute)
