@@ -12,6 +12,7 @@ import torch
 import torch.multiprocessing as mp
 
 from r2g.errors import R2GError
+from r2g.model.zero3_load import stored_tensors
 
 from .conftest import write_tiny_llm
 
@@ -22,7 +23,14 @@ def _ds(bf16: bool) -> dict:
     return {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}, "bf16": {"enabled": bf16}}
 
 
-def _worker(rank: int, world: int, port: int, folder: str, bad_folder: str) -> None:
+def _same_logits(model, plain, ids) -> bool:
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(model.parameters())), torch.no_grad():
+        return torch.equal(model(ids).logits, plain(ids).logits)
+
+
+def _worker(rank: int, world: int, port: int, folder: str, bad_folder: str, tied_folder: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), DS_ACCELERATOR="cpu")
     torch.set_num_threads(1)
@@ -45,13 +53,14 @@ def _worker(rank: int, world: int, port: int, folder: str, bad_folder: str) -> N
             assert p.numel() == 0 and p.ds_tensor.numel() == share and p.ds_tensor.dtype == dtype, name
             want = expected[name].detach().reshape(-1)[rank * share:(rank + 1) * share]
             assert torch.equal(p.ds_tensor[:want.numel()], want), name
-        ids = torch.tensor([tokenizer.encode(CORPUS[1])])
-        with deepspeed.zero.GatheredParameters(list(model.parameters())), torch.no_grad():
-            logits = model(ids).logits
-        with torch.no_grad():
-            assert torch.equal(logits, plain(ids).logits)
+        assert _same_logits(model, plain, torch.tensor([tokenizer.encode(CORPUS[1])]))
         del hf_ds
+    # Tied input and output embeddings: the checkpoint holds one tensor for both.
+    plain = AutoModelForCausalLM.from_pretrained(tied_folder).eval()
     hf_ds = HfDeepSpeedConfig(_ds(False))  # noqa: F841
+    tied, _ = load_llm(tied_folder, torch.float32)
+    assert tied.lm_head.weight is tied.model.embed_tokens.weight
+    assert _same_logits(tied, plain, torch.tensor([[1, 5, 7, 9]]))
     with pytest.raises(R2GError, match=r"model\.embed_tokens\.weight is stored with shape \[\d+, 32\].*wants \[\d+, 48\]"):
         load_llm(bad_folder, torch.float32)
 
@@ -60,7 +69,7 @@ def _worker(rank: int, world: int, port: int, folder: str, bad_folder: str) -> N
 @pytest.mark.parametrize("world", [2, 3])  # 3: the vocabulary x hidden weights do not split evenly (padding)
 def test_each_rank_loads_only_its_share_and_the_logits_match_a_plain_load(tmp_path: Path, world: int):
     folder = write_tiny_llm(tmp_path / "llm", CORPUS, hidden=32)
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     # Re-saved in bf16 as several shards with an index: the layout of real checkpoints.
     plain = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
@@ -71,11 +80,14 @@ def test_each_rank_loads_only_its_share_and_the_logits_match_a_plain_load(tmp_pa
     bad = write_tiny_llm(tmp_path / "bad", CORPUS, hidden=32)
     config = (bad / "config.json").read_text().replace('"hidden_size": 32', '"hidden_size": 48')
     (bad / "config.json").write_text(config)
-    mp.spawn(_worker, args=(world, 29400 + os.getpid() % 500 + world, str(folder), str(bad)), nprocs=world)
+    tied = write_tiny_llm(tmp_path / "tied", CORPUS, hidden=32)
+    config = AutoConfig.from_pretrained(tied)
+    config.tie_word_embeddings = True
+    AutoModelForCausalLM.from_config(config).save_pretrained(tied)
+    assert "lm_head.weight" not in stored_tensors(tied)  # one tensor for both embeddings
+    mp.spawn(_worker, args=(world, 29400 + os.getpid() % 500 + world, str(folder), str(bad), str(tied)), nprocs=world)
 
 
 def test_a_folder_without_safetensors_weights_is_a_clear_error(tmp_path: Path):
-    from r2g.model.zero3_load import stored_tensors
-
     with pytest.raises(R2GError, match="no model.safetensors or model.safetensors.index.json"):
         stored_tensors(tmp_path)

@@ -150,6 +150,7 @@ def load_partitioned(folder: str | Path, dtype: torch.dtype, ds_config: dict) ->
     with no_init_weights(), prevent_arange_dtype_change(), deepspeed.zero.Init(config_dict_or_path=ds_config), \
             set_zero3_state():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.tie_weights()  # skipped with the init above; a tied lm_head has no tensor of its own in the checkpoint
     fill_partitions(model, tensors, folder)
     model.eval()
     return model
