@@ -116,8 +116,8 @@ class ModelConfig(_Checked):
               "together, as the reference does, so such a report trains without an end.")
     grad_ckpt: bool = setting(
         False, "Activation checkpointing: the frozen LLM's layers (and Swin's blocks in delta and deep mode) keep "
-               "only their inputs and recompute the rest in the backward pass; less memory, about a third more "
-               "compute per step.")
+               "only their inputs and recompute the rest in the backward pass: 64-74 % less activation memory at "
+               "micro-batch 6 for one more forward pass of those layers (bench/RESULTS.md).")
 
     @property
     def vision_weights_file(self) -> str | None:
