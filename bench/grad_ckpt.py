@@ -61,7 +61,8 @@ def build(args):
     llm = random_llm({"hidden_size": args.hidden, "num_hidden_layers": args.layers, "num_attention_heads": args.heads,
                       "num_key_value_heads": args.heads, "intermediate_size": args.intermediate, "vocab_size": 32000,
                       "max_position_embeddings": 4096}, tokenizer, torch.device("cpu"), torch.float32)
-    swin = {"tiny": ("swin_tiny_patch4_window7_224", {"embed_dim": 32, "depths": (1, 1, 1, 1), "num_heads": (1, 2, 4, 8)}),
+    tiny_swin = {"embed_dim": 32, "depths": (1, 1, 1, 1), "num_heads": (1, 2, 4, 8)}
+    swin = {"tiny": ("swin_tiny_patch4_window7_224", tiny_swin),
             "base": ("swin_base_patch4_window7_224", {})}[args.swin]
     cfg = ModelConfig(vision_arch=swin[0], vision_kwargs=swin[1], mode=args.mode, grad_ckpt=args.ckpt,
                       max_report_tokens=100)
@@ -191,8 +192,8 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for r in runs:
         if r["layers"] == args.layers:
-            print(f"| {r['mode']} | {'on' if r['grad_ckpt'] else 'off'} | {r['stored_mib']:.0f} | {r['peak_mib']:.0f} | "
-                  f"{r['seconds']:.1f} |")
+            on = "on" if r["grad_ckpt"] else "off"
+            print(f"| {r['mode']} | {on} | {r['stored_mib']:.0f} | {r['peak_mib']:.0f} | {r['seconds']:.1f} |")
     for ckpt, v in per_layer.items():
         print(f"LLM, grad-ckpt {'on' if ckpt else 'off'}: {v['stored_bytes_per_token_layer']:.0f} bytes stored per "
               f"token per layer ({v['per_hidden']:.1f} x hidden), fixed part {v['fixed_stored_mib']:.0f} MiB")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -68,19 +69,22 @@ FAMILIES = {
 LAYERS = 2
 REPORTS = [
     "the heart normal-sized .",
-    "the heart is normal in size . the lungs are clear . no pleural effusion or pneumothorax . no acute cardiopulmonary process . mild cardiomegaly . small left "
+    "the heart is normal in size . the lungs are clear . no pleural effusion or pneumothorax . no acute "
+    "cardiopulmonary process . mild cardiomegaly . small left "
     "pleural effusion .",
 ]
 # Everything the tests tokenize: a Metaspace BPE without byte fallback knows only the characters it saw.
 CORPUS = REPORTS + [PROMPT, IMAGE_OPEN + text_after_image(PROMPT)] + [
-    text for i in range(40) for text in (f"study {i} . the heart normal-sized .", f"Study {i}. The Heart: normal-sized.")
+    text for i in range(40)
+    for text in (f"study {i} . the heart normal-sized .", f"Study {i}. The Heart: normal-sized.")
 ]
 
 
 def family_tokenizer(fam: Family) -> PreTrainedTokenizerFast:
     """A BPE trained on CORPUS with the family's special tokens, at the real tokenizer's ids where given."""
     fixed = {token: i for token, i in fam.specials.items() if i is not None}
-    tok = Tokenizer(models.BPE(unk_token="<unk>" if "<unk>" in fam.specials else None))
+    unk = "<unk>" if "<unk>" in fam.specials else None
+    tok = Tokenizer(models.BPE(unk_token=unk))
     if fam.metaspace:
         tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
     else:
@@ -96,7 +100,7 @@ def family_tokenizer(fam: Family) -> PreTrainedTokenizerFast:
         spec["added_tokens"].append({"id": i, "content": token, "single_word": False, "lstrip": False,
                                      "rstrip": False, "normalized": False, "special": True})
     return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), bos_token=fam.bos,
-                                   eos_token=fam.eos, pad_token=fam.pad, unk_token="<unk>" if "<unk>" in fam.specials else None)
+                                   eos_token=fam.eos, pad_token=fam.pad, unk_token=unk)
 
 
 def write_family_llm(folder: Path, fam: Family) -> Path:
@@ -245,6 +249,12 @@ def test_llm_lora_adapts_the_familys_query_and_value_projections(family_llm, nam
     x, mask = images()
     model(x, mask, **build_batch(tok, REPORTS, model.num_visual_tokens(1), model.cfg)).loss.backward()
     assert {n for n, p in model.named_parameters() if p.grad is not None} == trainable
+
+
+def test_llm_lora_names_a_family_peft_has_no_targets_for():
+    unknown = SimpleNamespace(config=SimpleNamespace(model_type="r2g-test-lm"))
+    with pytest.raises(R2GError, match="no LoRA target modules for model_type 'r2g-test-lm'.*without --llm-lora"):
+        lora_targets(unknown)
 
 
 # --------------------------------------------------------------------------------- train -> eval -> generate

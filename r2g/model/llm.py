@@ -102,7 +102,8 @@ def add_llm_lora(llm: PreTrainedModel, cfg: ModelConfig) -> nn.Module:
     try:
         return get_peft_model(llm, lora)
     except ValueError as e:  # peft: target modules not found
-        raise R2GError(f"--llm-lora: this LLM has no {targets} layers to adapt ({e}); train without --llm-lora") from None
+        raise R2GError(f"--llm-lora: this LLM has no {targets} layers to adapt ({e}); "
+                       "train without --llm-lora") from None
 
 
 def enable_grad_ckpt(llm: PreTrainedModel) -> None:
