@@ -15,6 +15,7 @@
 While 2 and 3 run, this process samples every rank's resident (RSS; the kernel's VmHWM for its peak) and
 private memory (USS: Private_Clean + Private_Dirty of smaps_rollup, which mmap-ed file pages do not inflate),
 and compares them with one full bf16 copy of the LLM. Times and peaks go to a JSON file and stdout.
+Memory: the 7B needs about 17 GB free on 2 ranks (16 GB on 1); on a shared machine start it when that is free.
 """
 
 from __future__ import annotations
@@ -208,6 +209,9 @@ def launch(args: list[str], ranks: int, port: int, lines: dict[str, str], log: P
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     env.update(DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1", OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"),
                TORCH_EXTENSIONS_DIR=env.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions")))
+    # glibc otherwise raises its mmap threshold after large frees and keeps freed blocks (gathered layers, the
+    # fp32 Swin before DeepSpeed casts it) in the heap: 0.6 GB more per rank at ~1B (bench/RESULTS.md).
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 20))
     launcher = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks), "--master_port", str(port)]
     cmd = (launcher if ranks > 1 else [sys.executable]) + args
     start = time.perf_counter()
@@ -293,7 +297,7 @@ def main() -> None:
     a.work.mkdir(parents=True, exist_ok=True)
     result = {"date": "2026-11-30", "device": "2-core CPU, 24 GiB", "size": a.size, "ranks": a.ranks,
               "precision": "bf16", "zero": 3, "mode": "shallow", "vision": "swin_base_patch4_window7_224 @ 224 px (random)",
-              "micro_batch": 1, "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}}
+              "micro_batch": 1, "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_", str(1 << 20))}
     t = time.perf_counter()
     params = write_llm(llm, a.size)
     result["write_s"] = round(time.perf_counter() - t, 1)
