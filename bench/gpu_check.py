@@ -50,7 +50,9 @@ def compare(row: dict, plan) -> dict:
     """The bench row with the plan's figures beside its measured peaks (None on a CPU: no CUDA peaks)."""
     tensors = plan.total - plan.memory["workspace"]
     slack = plan.assumptions.get("allocator_slack", 0.0)
-    out = {**row, "plan_tensors_gib": tensors / GIB, "plan_total_gib": plan.total / GIB}
+    activations = plan.memory["LLM activations"] + plan.memory["vision activations"]
+    out = {**row, "plan_tensors_gib": tensors / GIB, "plan_total_gib": plan.total / GIB,
+           "plan_activations_gib": activations / GIB}
     if row.get("max_mem_gib"):
         out["allocated_vs_plan"] = row["max_mem_gib"] / (tensors / GIB) - 1
         out["reserved_vs_plan"] = row["max_reserved_gib"] / (tensors * (1 + slack) / GIB) - 1

@@ -31,7 +31,7 @@ def test_gpu_check_runs_at_tiny_shapes_on_cpu(tmp_path):
         assert x["mfu"] is None and "allocated_vs_plan" not in x  # no CUDA peaks on a CPU
     by = {(x["zero_stage"], x["mode"], x["grad_ckpt"]): x for x in r["steps"]}
     # checkpointing shrinks the planned activations; the trainable count does not depend on it
-    assert by[(2, "deep", True)]["plan_tensors_gib"] < by[(2, "deep", False)]["plan_tensors_gib"]
+    assert by[(2, "deep", True)]["plan_activations_gib"] < by[(2, "deep", False)]["plan_activations_gib"]
     assert by[(2, "deep", True)]["trainable_params"] == by[(2, "deep", False)]["trainable_params"]
     g = r["generation"]
     assert (g["reports"], g["batch_size"], g["num_beams"], g["tokens"]) == (2, 2, 3, 2 * 3)
