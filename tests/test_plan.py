@@ -72,12 +72,14 @@ def test_hand_computed_tiny_config():
     assert rows["fp32 masters + Adam"] == 12 * n / 2  # master, m, v: 4 bytes each, partitioned over 2
     assert rows["vision weights (frozen)"] == 2 * 1000 and host == 0
     assert rows["LLM activations"] == rows["vision activations"] == 0  # micro-batch 0
-    zero3 = DSFacts(stage=3, contiguous_gradients=False, prefetch_bucket_size=100)
+    zero3 = DSFacts(stage=3, contiguous_gradients=False, prefetch_bucket_size=100, max_reuse_distance=0)
     rows, _ = memory_rows(TINY, TINY_VISION, Setup(mode="shallow", ds=zero3, gpus=4), seq_len=5, micro_batch=0)
     assert rows["frozen LLM weights"] == 2 * 1352 / 4 and rows["trainable weights"] == 2 * n / 4
     assert rows["ZeRO-3 gathered weights"] == 2 * (592 + 100)  # a layer (> the 80-weight lm_head) + prefetch
-    big_prefetch = DSFacts(stage=3, contiguous_gradients=False, prefetch_bucket_size=10**6)
-    rows, _ = memory_rows(TINY, TINY_VISION, Setup(mode="shallow", ds=big_prefetch, gpus=4), seq_len=5, micro_batch=0)
+    reuse = DSFacts(stage=3, contiguous_gradients=False, prefetch_bucket_size=100, max_live_parameters=1000)
+    rows, _ = memory_rows(TINY, TINY_VISION, Setup(mode="shallow", ds=reuse, gpus=4), seq_len=5, micro_batch=0)
+    assert rows["ZeRO-3 gathered weights"] == 2 * (1000 + 100)  # kept for reuse up to max_live_parameters
+    rows, _ = memory_rows(TINY, TINY_VISION, Setup(mode="shallow", ds=DSFacts(stage=3), gpus=4), seq_len=5, micro_batch=0)
     assert rows["ZeRO-3 gathered weights"] == 2 * 1352  # never more than the whole model
     offload = DSFacts(stage=3, offload_param=True, offload_optimizer=True, contiguous_gradients=False)
     rows, host = memory_rows(TINY, TINY_VISION, Setup(mode="shallow", ds=offload, gpus=4), seq_len=5, micro_batch=0)
