@@ -88,7 +88,7 @@ def step_times(llm: Path, reports: list[str], budget: int, steps: int, rounds: i
     """Milliseconds per tiny-model training step in grouped and plain order (median of `rounds` blocks each)."""
     from r2g.model.r2gen import build_model
     from r2g.train.loop import model_inputs
-    from tests.conftest import TINY_VISION_KWARGS
+    from r2g.demo.toys import TINY_VISION_KWARGS
 
     cfg = ModelConfig(llm=str(llm), vision_arch="swin_tiny_patch4_window7_224", vision_kwargs=TINY_VISION_KWARGS,
                       mode="delta", max_report_tokens=budget)

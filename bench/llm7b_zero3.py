@@ -118,7 +118,7 @@ def write_ds_config(path: Path) -> Path:
 
 def write_shards(root: Path) -> Path:
     from r2g.data.shard import ShardOptions, shard_dataset
-    from tests.conftest import write_raw_dataset
+    from r2g.demo.toys import write_raw_dataset
 
     if (root / "shards").is_dir():
         return root / "shards"

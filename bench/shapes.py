@@ -54,7 +54,7 @@ def shapes(name: str) -> Shapes:
     if name == "llama2-7b":
         return LLAMA2_7B
     if name == "tiny":
-        from tests.conftest import TINY_VISION_KWARGS  # imported here: the tests need pytest, the GPU bench not
+        from r2g.demo.toys import TINY_VISION_KWARGS
 
         # std 0.3, as in the tests' tiny LM: at HF's 0.02 a tiny random LM ignores its input.
         return Shapes("swin_tiny_patch4_window7_224", TINY_VISION_KWARGS, TINY_VISION_KWARGS["img_size"],

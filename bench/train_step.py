@@ -39,7 +39,7 @@ from r2g.config import ModelConfig, RunConfig, TrainConfig  # noqa: E402
 
 def tiny_config(tmp: Path, mode: str) -> RunConfig:
     """Config of the tests' micro-Swin + a tiny Llama written to `tmp` (fp32 on CPU)."""
-    from tests.conftest import TINY_VISION_KWARGS, write_tiny_llm
+    from r2g.demo.toys import TINY_VISION_KWARGS, write_tiny_llm
 
     corpus = ["the heart is normal in size . the lungs are clear . no pleural effusion or pneumothorax ."] * 50
     write_tiny_llm(tmp / "llm", corpus)
