@@ -1,6 +1,6 @@
 """Is `r2g plan` right where we can measure it? Peak memory of real `r2g train` steps on CPU against the plan.
 
-    python bench/plan_check.py                      # every case below (~15 min on 2 cores, <= ~8 GB at a time)
+    python bench/plan_check.py                      # every case below (~25 min on 2 shared cores, <= ~8 GB at a time)
     python bench/plan_check.py --cases tiny-delta-z2-1,tiny-delta-z2-2
     python bench/plan_check.py --json out.json
 
