@@ -14,6 +14,7 @@ afterwards the config is read-only (frozen dataclasses), so a saved config says 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import typing
 from dataclasses import dataclass, field
@@ -54,8 +55,14 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | N
 
 def choices(cls: type, name: str) -> tuple[Any, ...] | None:
     """The allowed values of a Literal-typed field, None for any other field."""
-    hint = typing.get_type_hints(cls)[name]
-    return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
+    return _literal_fields(cls).get(name)
+
+
+@functools.cache
+def _literal_fields(cls: type) -> dict[str, tuple[Any, ...]]:
+    # Resolved once per class: every config construction checks its choices.
+    return {name: typing.get_args(hint) for name, hint in typing.get_type_hints(cls).items()
+            if typing.get_origin(hint) is Literal}
 
 
 class _Checked:

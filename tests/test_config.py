@@ -14,7 +14,7 @@ import typer.main
 from typer.testing import CliRunner
 
 from r2g.cli import app
-from r2g.config import SECTIONS, DataConfig, ModelConfig, RunConfig, recipes, resolve
+from r2g.config import SECTIONS, ModelConfig, RunConfig, choices, recipes, resolve
 from r2g.data.shard import ShardOptions, shard_dataset
 from r2g.errors import R2GError
 from r2g.train.loop import check_vision_weights, val_study_count, validation_steps
@@ -60,7 +60,7 @@ def test_every_setting_is_a_train_flag_and_reaches_the_config(iu_shards):
                 continue
             flag = "--" + (f.metadata["flag"] or f.name.replace("_", "-"))
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            allowed = typing_choices(klass, f.name)
+            allowed = choices(klass, f.name)
             if isinstance(default, bool):
                 value, given_ = (not default), [flag if not default else "--no-" + flag[2:]]
             elif allowed:
@@ -79,12 +79,6 @@ def test_every_setting_is_a_train_flag_and_reaches_the_config(iu_shards):
     assert result.exit_code == 0, result.stdout
     for (section, name), value in expected.items():
         assert cfg[section][name] == value, (section, name)
-
-
-def typing_choices(klass, name):
-    from r2g.config import choices
-
-    return choices(klass, name)
 
 
 def test_print_config_resolves_recipe_flags_and_world_without_loading_a_model(iu_shards):
