@@ -45,7 +45,11 @@ def load_ds_config(path: str | Path) -> dict:
 
 
 def resolve_ds_config(path: str | Path, cfg: RunConfig, world: int, total_steps: int, bf16: bool) -> dict:
-    ds = load_ds_config(path)
+    return fill_ds_config(load_ds_config(path), path, cfg, world, total_steps, bf16)
+
+
+def fill_ds_config(ds: dict, path: str | Path, cfg: RunConfig, world: int, total_steps: int, bf16: bool) -> dict:
+    """`ds` (read from `path`) with its "auto" values filled in from `cfg`; a contradicting value is an error."""
     t, conflicts = cfg.train, []
     _fill(ds, "train_micro_batch_size_per_gpu", t.micro_batch, "train_micro_batch_size_per_gpu", "--micro-batch", conflicts)
     _fill(ds, "gradient_accumulation_steps", t.grad_accum, "gradient_accumulation_steps", "--grad-accum", conflicts)

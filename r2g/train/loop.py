@@ -20,7 +20,7 @@ from r2g.dist import init_distributed
 from r2g.errors import R2GError
 from r2g.precision import Precision, resolve_precision
 from r2g.train.checkpoint import export_trainable, gather_trainable, resume, save_resumable, write_run_config
-from r2g.train.ds_config import load_ds_config, resolve_ds_config, zero_stage
+from r2g.train.ds_config import fill_ds_config, load_ds_config, zero_stage
 from r2g.train.logger import RunLogger
 from r2g.train.validate import check_select_metric, selection_value, validate
 
@@ -157,9 +157,10 @@ def run(cfg: RunConfig) -> dict:
         n_val = val_study_count(t.val_samples, t.val_fraction, n_val)
     steps_per_epoch = max(1, n_train // (world * t.micro_batch * t.grad_accum))
     total_steps = t.max_steps or t.epochs * steps_per_epoch
-    stage = zero_stage(load_ds_config(t.ds_config))
+    ds = load_ds_config(t.ds_config)
+    stage = zero_stage(ds)  # the precision depends on it (bf16-mixed needs ZeRO-0/1/2)
     precision = resolve_precision(t.precision, device, stage)
-    ds = resolve_ds_config(t.ds_config, cfg, world, total_steps, precision.ds_bf16)
+    ds = fill_ds_config(ds, t.ds_config, cfg, world, total_steps, precision.ds_bf16)
 
     # Model: keep the HfDeepSpeedConfig alive across build_model so ZeRO-3 partitions the LLM at load.
     hf_ds = HfDeepSpeedConfig(ds) if stage == 3 else None  # noqa: F841
