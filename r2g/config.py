@@ -212,10 +212,10 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
-        return cls.from_dict(_read_json(Path(path)), source=str(path))
+        return cls.from_dict(read_json(Path(path)), source=str(path))
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:

@@ -32,12 +32,11 @@ The CPU figures are checked against measured peaks of real `r2g train` steps by 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from r2g.config import PROMPT, ModelConfig, preset
+from r2g.config import PROMPT, ModelConfig, preset, read_json
 from r2g.errors import R2GError
 
 CONFIGS = Path(__file__).resolve().parent / "model" / "configs"
@@ -156,10 +155,7 @@ def load_llm_shape(spec: str) -> LLMShape:
     if not path.is_file():
         raise R2GError(f"--llm '{spec}': neither a built-in config ({', '.join(builtin_names())}) nor a folder "
                        "with config.json")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise R2GError(f"{path}: not valid JSON ({e})") from None
+    config = read_json(path)
     return LLMShape.from_config(config.get("text_config", config), spec)
 
 
@@ -274,15 +270,9 @@ class DSFacts:
 def read_ds(path: str) -> DSFacts:
     """ZeRO stage, offload and bucket sizes of a DeepSpeed JSON (a shipped name such as
     ds_configs/zero3.json works from any folder)."""
-    from r2g.train.ds_config import find_ds_config
+    from r2g.train.ds_config import load_ds_config
 
-    found = find_ds_config(path)
-    if not found.is_file():
-        raise R2GError(f"--ds {path}: not found (ds_configs/zero2.json, zero3.json or zero3_offload.json, or a path)")
-    try:
-        zero = json.loads(found.read_text()).get("zero_optimization", {})
-    except json.JSONDecodeError as e:
-        raise R2GError(f"{found}: not valid JSON ({e})") from None
+    zero = load_ds_config(path).get("zero_optimization", {})
 
     def offloaded(key: str) -> bool:
         return zero.get(key, {}).get("device", "none") not in ("none", None)
