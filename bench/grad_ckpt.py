@@ -77,29 +77,21 @@ def measure(args) -> dict:
     """One forward + backward in this process (see the module docstring)."""
     import gc
 
-    import torch
+    from bench.memory import saved_tensor_bytes
 
     model, inputs = build(args)
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    stored: dict[int, int] = {}
-
-    def pack(t):
-        if t.untyped_storage().data_ptr() not in params:
-            stored[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
     gc.collect()
     before, _ = resident()
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak to the current resident size
     start = time.perf_counter()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with saved_tensor_bytes(model.parameters()) as stored:
         loss = model(**inputs).loss
     loss.backward()
     seconds = time.perf_counter() - start
     _, peak = resident()
     return {
         "mode": args.mode, "grad_ckpt": args.ckpt, "layers": args.layers, "micro_batch": args.micro_batch,
-        "seq_len": inputs["input_ids"].shape[1], "stored_mib": sum(stored.values()) / MiB,
+        "seq_len": inputs["input_ids"].shape[1], "stored_mib": stored() / MiB,
         "peak_mib": (peak - before) / MiB, "resident_before_mib": before / MiB, "seconds": seconds,
         "llm_params_m": sum(p.numel() for p in model.llm.parameters()) / 1e6,
         "vision_params_m": sum(p.numel() for p in model.vision.parameters()) / 1e6,

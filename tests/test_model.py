@@ -18,6 +18,7 @@ from transformers import (
     SwinModel,
 )
 
+from bench.memory import saved_tensor_bytes
 from r2g.config import PROMPT, GenerateConfig, ModelConfig
 from r2g.demo.tiny_lm import train_tokenizer
 from r2g.errors import R2GError
@@ -343,21 +344,6 @@ def test_load_llm_needs_a_local_folder(tmp_path):
 # ------------------------------------------------------------------------------ activation checkpointing
 
 
-def stored_activation_bytes(model, x, mask, batch) -> int:
-    """Bytes autograd keeps for the backward pass of one forward, parameters and their views left out."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    stored = {}
-
-    def pack(t):
-        if t.untyped_storage().data_ptr() not in params:
-            stored[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(x, mask, **batch)
-    return sum(stored.values())
-
-
 @pytest.mark.parametrize("mode, llm_lora", [("shallow", False), ("delta", False), ("deep", False), ("delta", True)])
 def test_grad_ckpt_gives_the_same_gradients_and_stores_less(tokenizer, mode, llm_lora):
     """fp32 on CPU, dropout and stochastic depth active: checkpointing recomputes with the same random draws."""
@@ -374,7 +360,9 @@ def test_grad_ckpt_gives_the_same_gradients_and_stores_less(tokenizer, mode, llm
         torch.manual_seed(1)
         model(x, mask, **batch).loss.backward()
         grads[ckpt] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
-        stored[ckpt] = stored_activation_bytes(model, x, mask, batch)
+        with saved_tensor_bytes(model.parameters()) as saved:
+            model(x, mask, **batch)
+        stored[ckpt] = saved()
     assert grads[True].keys() == grads[False].keys()
     assert any(n.startswith("vision.") for n in grads[True]) == (mode != "shallow")
     assert any(n.startswith("llm.") for n in grads[True]) == llm_lora

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from bench.memory import saved_tensor_bytes
 from r2g.config import ModelConfig
 from r2g.errors import R2GError
 from r2g.plan import (
@@ -65,7 +66,7 @@ def test_hand_computed_tiny_config():
     assert TINY.params == 10 * 8 * 2 + 2 * 592 + 8  # embedding + lm_head, layers, final norm = 1352
     n = 16 * 8 + 8 + 2 * 8  # shallow trains the mapper: Linear 16 -> 8 with bias, LayerNorm(8) = 152
     zero2 = DSFacts(stage=2, contiguous_gradients=False)
-    rows, host = memory_rows(TINY, TINY_VISION, Setup(mode="shallow", ds=zero2, gpus=2), seq_len=5, micro_batch=0)
+    rows, host, _ = memory_rows(TINY, TINY_VISION, Setup(mode="shallow", ds=zero2, gpus=2), seq_len=5, micro_batch=0)
     assert rows["frozen LLM weights"] == 2 * 1352  # bf16, every rank holds all of it under ZeRO-2
     assert rows["trainable weights"] == 2 * n
     assert rows["gradients"] == 2 * n / 2 + 4 * n / 2  # bf16 partition + its fp32 copy for the step
@@ -73,16 +74,16 @@ def test_hand_computed_tiny_config():
     assert rows["vision weights (frozen)"] == 2 * 1000 and host == 0
     assert rows["LLM activations"] == rows["vision activations"] == 0  # micro-batch 0
     zero3 = DSFacts(stage=3, contiguous_gradients=False, prefetch_bucket_size=100, max_reuse_distance=0)
-    rows, _ = memory_rows(TINY, TINY_VISION, Setup(mode="shallow", ds=zero3, gpus=4), seq_len=5, micro_batch=0)
+    rows, *_ = memory_rows(TINY, TINY_VISION, Setup(mode="shallow", ds=zero3, gpus=4), seq_len=5, micro_batch=0)
     assert rows["frozen LLM weights"] == 2 * 1352 / 4 and rows["trainable weights"] == 2 * n / 4
     assert rows["ZeRO-3 gathered weights"] == 2 * (592 + 100)  # a layer (> the 80-weight lm_head) + prefetch
     reuse = DSFacts(stage=3, contiguous_gradients=False, prefetch_bucket_size=100, max_live_parameters=1000)
-    rows, _ = memory_rows(TINY, TINY_VISION, Setup(mode="shallow", ds=reuse, gpus=4), seq_len=5, micro_batch=0)
+    rows, *_ = memory_rows(TINY, TINY_VISION, Setup(mode="shallow", ds=reuse, gpus=4), seq_len=5, micro_batch=0)
     assert rows["ZeRO-3 gathered weights"] == 2 * (1000 + 100)  # kept for reuse up to max_live_parameters
-    rows, _ = memory_rows(TINY, TINY_VISION, Setup(mode="shallow", ds=DSFacts(stage=3), gpus=4), seq_len=5, micro_batch=0)
+    rows, *_ = memory_rows(TINY, TINY_VISION, Setup(mode="shallow", ds=DSFacts(stage=3), gpus=4), seq_len=5, micro_batch=0)
     assert rows["ZeRO-3 gathered weights"] == 2 * 1352  # never more than the whole model
     offload = DSFacts(stage=3, offload_param=True, offload_optimizer=True, contiguous_gradients=False)
-    rows, host = memory_rows(TINY, TINY_VISION, Setup(mode="shallow", ds=offload, gpus=4), seq_len=5, micro_batch=0)
+    rows, host, _ = memory_rows(TINY, TINY_VISION, Setup(mode="shallow", ds=offload, gpus=4), seq_len=5, micro_batch=0)
     assert rows["frozen LLM weights"] == rows["fp32 masters + Adam"] == 0
     assert host == 12 * n / 4 + 2 * 1352 / 4
 
@@ -95,22 +96,6 @@ def test_delta_and_deep_trainables_at_llama2_7b_shapes(swin_b):
     assert sum(plans["delta"].trainable.values()) == 4_976_640
     assert sum(plans["deep"].trainable.values()) == 90_949_816
     assert plans["delta"].sequence["visual"] == 49 and plans["delta"].sequence["report"] == 100
-
-
-def _saved_bytes(module_fn, params) -> int:
-    """Bytes of the distinct tensors autograd keeps for backward while module_fn runs, parameters excluded."""
-    skip = {p.untyped_storage().data_ptr() for p in params}
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in skip:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        module_fn()
-    return sum(seen.values())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -132,8 +117,9 @@ def test_llm_layer_formula_equals_what_autograd_keeps(dtype):
         mask = torch.ones(B, T, dtype=torch.long)
         mask[0, -7:] = 0
         labels = torch.randint(0, 300, (B, T))
-        return _saved_bytes(lambda: model(inputs_embeds=embeds, attention_mask=mask, labels=labels, use_cache=False),
-                            list(model.parameters()) + list(model.buffers()))
+        with saved_tensor_bytes([*model.parameters(), *model.buffers()]) as saved:
+            model(inputs_embeds=embeds, attention_mask=mask, labels=labels, use_cache=False)
+        return saved()
 
     two, four = saved(2), saved(4)
     assert (four - two) / 2 == B * T * llm_layer_bytes(shape, a, T)
@@ -152,7 +138,9 @@ def test_vision_coefficient_on_another_swin(mode):
     cfg = ModelConfig(vision_arch="swin_tiny_patch4_window7_224", mode=mode, lora_dropout=0.0)
     encoder = build_vision_encoder(cfg).train()
     image = torch.randn(1, 3, 224, 224)
-    measured = _saved_bytes(lambda: encoder.forward_features(image), list(encoder.parameters()) + list(encoder.buffers()))
+    with saved_tensor_bytes([*encoder.parameters(), *encoder.buffers()]) as saved:
+        encoder.forward_features(image)
+    measured = saved()
     predicted = 4 * VISION_SAVED_PER_TOKEN_CHANNEL[mode] * vision_shape(cfg).token_channels
     assert measured == pytest.approx(predicted, rel=0.10)
 
