@@ -48,6 +48,11 @@ from r2g.errors import R2GError
 _FIX = "re-shard (the same `r2g shard` command rewrites damaged shards) or run `r2g shard verify {root}` to check every shard"
 
 
+def _damaged_fix(root: str | Path) -> str:
+    """What to do about a damaged shard: re-shard or verify, or read on past it."""
+    return f"{_FIX.format(root=root)}; or pass --skip-damaged-shards to read on without the lost samples"
+
+
 @dataclass(frozen=True)
 class SplitShards:
     """The shards of one split, checked at start against the manifest."""
@@ -89,7 +94,7 @@ def split_shards(shards: str | Path, split: str, skip_damaged: bool = False) -> 
     if lost and not skip_damaged:
         listed = "; ".join(f"{d['shard']}: {d['read']} of {d['expected']} samples readable" for d in lost)
         raise R2GError(f"{len(lost)} shard(s) changed since sharding (size differs from manifest.json): {listed}; "
-                       f"{_FIX.format(root=shards)}; or pass --skip-damaged-shards to read on without the lost samples")
+                       f"{_damaged_fix(shards)}")
     return SplitShards(list(expected), expected, sum(expected.values()), lost)
 
 
@@ -205,8 +210,7 @@ class Damage:
 
     def __call__(self, record: dict, message: str) -> None:
         if not self.skip:
-            raise R2GError(f"{message}; {_FIX.format(root=self.root)}; or pass --skip-damaged-shards to read on "
-                           "without the lost samples")
+            raise R2GError(f"{message}; {_damaged_fix(self.root)}")
         warnings.warn(f"{message}; skipped (skip_damaged_shards)", stacklevel=2)
         self.pending.append(record)
 
