@@ -399,8 +399,10 @@ def peak(rows: dict[str, float], setup: Setup) -> float:
             + max(activations, gradient_side))
 
 
-def memory_rows(llm: LLMShape, vision: VisionShape, setup: Setup, seq_len: int, micro_batch: int) -> tuple[dict, float]:
-    """(bytes per GPU by row, bytes per GPU on the host) for one micro-batch size."""
+def memory_rows(llm: LLMShape, vision: VisionShape, setup: Setup, seq_len: int,
+                micro_batch: int) -> tuple[dict, float, float]:
+    """(bytes per GPU by row, bytes per GPU on the host, peak bytes per GPU: the step's peak tensors plus the
+    workspace) for one micro-batch size."""
     (a, va), W, ds = setup.dtype_bytes(), setup.world, setup.ds
     n_views = setup.views or DATASET_FACTS[setup.dataset]["views"]
     n = sum(trainable_params(setup.mode, vision, llm, setup.lora_r).values())
@@ -444,7 +446,7 @@ def memory_rows(llm: LLMShape, vision: VisionShape, setup: Setup, seq_len: int, 
     else:
         rows["workspace"] = CPU_ASSUMPTIONS["runtime_gib"] * GIB + CPU_ASSUMPTIONS["allocator_slack"] * tensors
     host = (optimizer if ds.offload_optimizer else 0.0) + (a * llm.params / W if zero3 and ds.offload_param else 0.0)
-    return rows, host
+    return rows, host, tensors + rows["workspace"]
 
 
 def estimate(llm: LLMShape, vision: VisionShape, setup: Setup, suggest: bool = True) -> Plan:
@@ -457,8 +459,8 @@ def estimate(llm: LLMShape, vision: VisionShape, setup: Setup, suggest: bool = T
         raise R2GError(f"--dataset '{setup.dataset}': choose one of {sorted(DATASET_FACTS)}")
     seq = sequence(setup, vision)
     T = seq["total"]
-    rows, host = memory_rows(llm, vision, setup, T, setup.micro_batch)
-    total, capacity = _total(llm, vision, setup), setup.mem_gib * GIB
+    rows, host, total = memory_rows(llm, vision, setup, T, setup.micro_batch)
+    capacity = setup.mem_gib * GIB
     max_micro_batch = largest_micro_batch(llm, vision, setup)
 
     counts = FlopCounts(llm_matmul_params=llm.matmul_params, llm_layers=llm.layers, llm_hidden=llm.hidden,
@@ -487,7 +489,8 @@ def estimate(llm: LLMShape, vision: VisionShape, setup: Setup, suggest: bool = T
 
 def largest_micro_batch(llm: LLMShape, vision: VisionShape, setup: Setup, limit: int = 1 << 16) -> int:
     """The largest micro-batch whose peak fits in setup.mem_gib (0 if none does); the peak grows with it."""
-    fits = lambda b: _total(llm, vision, dataclasses.replace(setup, micro_batch=b)) <= setup.mem_gib * GIB  # noqa: E731
+    T = sequence(setup, vision)["total"]
+    fits = lambda b: memory_rows(llm, vision, setup, T, b)[2] <= setup.mem_gib * GIB  # noqa: E731
     lo, hi = 0, 1
     while hi <= limit and fits(hi):
         lo, hi = hi, 2 * hi
@@ -497,19 +500,14 @@ def largest_micro_batch(llm: LLMShape, vision: VisionShape, setup: Setup, limit:
     return lo
 
 
-def _total(llm: LLMShape, vision: VisionShape, setup: Setup) -> float:
-    """Peak bytes per GPU: the step's peak tensors plus the workspace."""
-    rows = memory_rows(llm, vision, setup, sequence(setup, vision)["total"], setup.micro_batch)[0]
-    return peak(rows, setup) + rows["workspace"]
-
-
 def suggestions(llm: LLMShape, vision: VisionShape, setup: Setup) -> list[str]:
     """What would fit instead, each with the flags to pass: --grad-ckpt, a smaller micro-batch, ZeRO-3 over
     enough GPUs, ZeRO-3 with offload."""
     capacity = setup.mem_gib * GIB
+    T = sequence(setup, vision)["total"]  # none of the changes below alters the sequence
 
     def total(**changes) -> float:
-        return _total(llm, vision, dataclasses.replace(setup, **changes))
+        return memory_rows(llm, vision, dataclasses.replace(setup, **changes), T, setup.micro_batch)[2]
 
     out = []
     ckpt_options = (True,) if setup.grad_ckpt else (False, True)
@@ -534,8 +532,8 @@ def suggestions(llm: LLMShape, vision: VisionShape, setup: Setup) -> list[str]:
         out.append(f"--ds ds_configs/zero3.json{ckpt_flag(ckpt)}{precision_flag} over >= {world} GPUs: "
                    f"{t / GIB:.1f} GiB per GPU at micro-batch {setup.micro_batch}")
     offload = dataclasses.replace(setup, ds=read_ds("ds_configs/zero3_offload.json"), grad_ckpt=True, precision=precision)
-    if (t := _total(llm, vision, offload)) <= capacity:
-        host = memory_rows(llm, vision, offload, sequence(offload, vision)["total"], offload.micro_batch)[1]
+    _, host, t = memory_rows(llm, vision, offload, T, setup.micro_batch)
+    if t <= capacity:
         out.append(f"--ds ds_configs/zero3_offload.json{ckpt_flag(True)}{precision_flag} on {setup.world} GPU(s): {t / GIB:.1f} GiB "
                    f"per GPU and {host / GIB:.1f} GiB of host memory per GPU")
     if not out:
