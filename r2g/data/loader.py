@@ -57,14 +57,16 @@ def _damaged_fix(root: str | Path) -> str:
 class SplitShards:
     """The shards of one split, checked at start against the manifest."""
 
-    paths: list[str]
     expected: dict[str, int]  # path -> samples to read: the manifest's count, or what is readable of a damaged shard
-    samples: int  # sum of `expected`
     lost: list[dict] = field(default_factory=list)  # damaged shards read on past: {shard, expected, read}
 
     @property
-    def lost_samples(self) -> int:
-        return sum(d["expected"] - d["read"] for d in self.lost)
+    def paths(self) -> list[str]:
+        return list(self.expected)
+
+    @property
+    def samples(self) -> int:
+        return sum(self.expected.values())
 
 
 def split_shards(shards: str | Path, split: str, skip_damaged: bool = False) -> SplitShards:
@@ -95,7 +97,7 @@ def split_shards(shards: str | Path, split: str, skip_damaged: bool = False) -> 
         listed = "; ".join(f"{d['shard']}: {d['read']} of {d['expected']} samples readable" for d in lost)
         raise R2GError(f"{len(lost)} shard(s) changed since sharding (size differs from manifest.json): {listed}; "
                        f"{_damaged_fix(shards)}")
-    return SplitShards(list(expected), expected, sum(expected.values()), lost)
+    return SplitShards(expected, lost)
 
 
 class LostSamples:
