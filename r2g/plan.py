@@ -515,7 +515,7 @@ def suggestions(llm: LLMShape, vision: VisionShape, setup: Setup) -> list[str]:
     if not setup.grad_ckpt and (t := total(grad_ckpt=True)) <= capacity:
         out.append(f"--grad-ckpt: {t / GIB:.1f} GiB per GPU at micro-batch {setup.micro_batch}")
     for ckpt in ckpt_options:
-        smaller = estimate(llm, vision, dataclasses.replace(setup, grad_ckpt=ckpt), suggest=False).max_micro_batch
+        smaller = largest_micro_batch(llm, vision, dataclasses.replace(setup, grad_ckpt=ckpt))
         if 1 <= smaller < setup.micro_batch:
             accum = math.ceil(setup.micro_batch / smaller)
             out.append(f"--micro-batch {smaller}{ckpt_flag(ckpt)} (with --grad-accum {accum} in r2g train to keep "
