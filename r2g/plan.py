@@ -210,7 +210,7 @@ def vision_shape(cfg: ModelConfig) -> VisionShape:
     import timm
     import torch
 
-    from r2g.model.flops import vision_forward_flops
+    from r2g.model.flops import encoder_forward_flops
     from r2g.model.vision import tokens_per_view
 
     try:
@@ -224,7 +224,7 @@ def vision_shape(cfg: ModelConfig) -> VisionShape:
         tokens_per_view=tokens_per_view(enc), block_dims=tuple(b.dim for b in blocks),
         token_channels=sum(math.prod(b.input_resolution) * b.dim for b in blocks),
         largest_block=max(math.prod(b.input_resolution) * b.dim for b in blocks),
-        forward_flops=vision_forward_flops(cfg),
+        forward_flops=encoder_forward_flops(enc),
     )
 
 

@@ -51,7 +51,13 @@ def vision_forward_flops(cfg: ModelConfig) -> int:
     """FLOPs of one image through the vision encoder of `cfg`, at its default image size (no memory used)."""
     with torch.device("meta"):
         encoder = timm.create_model(cfg.vision_arch, pretrained=False, num_classes=0, **cfg.vision_kwargs)
-        image = torch.empty(1, 3, *encoder.patch_embed.img_size)
+    return encoder_forward_flops(encoder)
+
+
+def encoder_forward_flops(encoder: nn.Module) -> int:
+    """FLOPs of one image through a timm `encoder` (on the meta device, it costs no memory) at its default
+    image size."""
+    image = torch.empty(1, 3, *encoder.patch_embed.img_size, device=next(encoder.parameters()).device)
     with FlopCounterMode(display=False) as counter:
         encoder.forward_features(image)
     return counter.get_total_flops()
