@@ -77,8 +77,10 @@ def compute_ce(ref_labels: list[dict], pred_labels: list[dict]) -> dict[str, flo
 
     scores: dict[str, float | dict] = {}
     five = [CHEXPERT_LABELS.index(name) for name in CHEXPERT_5]
-    for tag, positive in (("", (POSITIVE,)), ("_upos", (POSITIVE, UNCERTAIN))):
-        ref_t, pred_t = _binary(ref_labels, "reference", positive), _binary(pred_labels, "prediction", positive)
+    upos = (POSITIVE, UNCERTAIN)
+    conventions = {"": (ref, pred),
+                   "_upos": (_binary(ref_labels, "reference", upos), _binary(pred_labels, "prediction", upos))}
+    for tag, (ref_t, pred_t) in conventions.items():
         scores.update(_micro_macro(ref_t, pred_t, f"ce{tag}"))
         scores.update(_micro_macro(ref_t[:, five], pred_t[:, five], f"ce5{tag}"))
 
