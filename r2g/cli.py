@@ -103,10 +103,11 @@ def shard_verify(shards: Path = typer.Argument(..., help="Shard folder written b
     """Check every shard against manifest.json: full sha256 and sample count (exit 2 naming the bad ones)."""
     from r2g.data.shard import read_manifest, verify_shards
 
-    total = sum(len(v["shards"]) for v in read_manifest(shards)["splits"].values())
+    manifest = read_manifest(shards)
+    total = sum(len(v["shards"]) for v in manifest["splits"].values())
     with progress_bar() as bar:
         task = bar.add_task("verifying", total=total)
-        checks = verify_shards(shards, on_shard=lambda _: bar.advance(task))
+        checks = verify_shards(shards, on_shard=lambda _: bar.advance(task), manifest=manifest)
     table = Table(title=f"{shards}/manifest.json")
     for col in ("shard", "split", "samples", "read", "sha256", "status"):
         table.add_column(col, justify="right" if col in ("samples", "read") else "left")

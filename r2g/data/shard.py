@@ -296,7 +296,7 @@ class ShardCheck:
     name: str
     split: str
     samples: int  # the manifest's count
-    read: int | None  # complete samples read from the file; None when the file is missing
+    read: int | None  # complete samples in the file (the manifest's count when its sha256 matches); None: missing
     checksum_ok: bool
 
     @property
@@ -312,16 +312,20 @@ class ShardCheck:
         return ", ".join(problems)
 
 
-def verify_shards(shards: str | Path, on_shard: Callable[[ShardCheck], None] | None = None) -> list[ShardCheck]:
-    """A full pass over every shard of the manifest: sha256 and complete-sample count against the manifest."""
-    root, manifest = Path(shards), read_manifest(shards)
+def verify_shards(shards: str | Path, on_shard: Callable[[ShardCheck], None] | None = None,
+                  manifest: dict | None = None) -> list[ShardCheck]:
+    """A full pass over every shard of the manifest (`manifest`: the folder's, already read; None = read it):
+    sha256 against the manifest, and, only for a shard whose sha256 differs, its complete samples counted (the
+    manifest's bytes hold exactly the manifest's count)."""
+    root, manifest = Path(shards), read_manifest(shards) if manifest is None else manifest
     checks = []
     for split, entry in manifest["splits"].items():
         for s in entry["shards"]:
             path = root / s["name"]
             if path.is_file():
-                check = ShardCheck(s["name"], split, s["samples"], sum(1 for _ in read_shard(path)),
-                                   sha256_file(path) == s["sha256"])
+                checksum_ok = sha256_file(path) == s["sha256"]
+                read = s["samples"] if checksum_ok else sum(1 for _ in read_shard(path))
+                check = ShardCheck(s["name"], split, s["samples"], read, checksum_ok)
             else:
                 check = ShardCheck(s["name"], split, s["samples"], None, False)
             checks.append(check)
