@@ -25,14 +25,14 @@ from transformers import (
     Qwen2Config,
 )
 
-from r2g.config import PROMPT, GenerateConfig, ModelConfig
+from r2g.config import PROMPT, GenerateConfig
 from r2g.errors import R2GError
 from r2g.model.llm import load_llm, lora_targets
 from r2g.model.prompt import IGNORE_INDEX, IMAGE_OPEN, build_batch, pad_id, text_after_image
 from r2g.model.r2gen import build_model
 
-from .conftest import TINY_VISION_KWARGS
 from .test_eval import r2g
+from .test_model import images, micro_cfg
 from .test_train import assets, losses, train  # noqa: F401  (assets is a fixture)
 
 
@@ -138,16 +138,6 @@ def family_llm(tmp_path_factory):
     return get
 
 
-def micro_cfg(**changes) -> ModelConfig:
-    return ModelConfig(vision_arch="swin_tiny_patch4_window7_224", vision_kwargs=TINY_VISION_KWARGS,
-                       max_report_tokens=12, **changes)
-
-
-def images(B: int = 2):
-    torch.manual_seed(1)
-    return torch.randn(B, 1, 3, 64, 64), torch.ones(B, 1, dtype=torch.bool)
-
-
 # ----------------------------------------------------------------------------------------- token ids
 
 
@@ -197,7 +187,7 @@ def test_generation_ends_at_each_of_the_models_end_tokens(family_llm, name):
     others = [i for i in tok.convert_tokens_to_ids(list(fam.specials)) if i not in ends]
     model = build_model(micro_cfg(), llm=llm, tokenizer=tok).eval()
     gen = GenerateConfig(num_beams=1, min_new_tokens=0, max_new_tokens=4, repetition_penalty=1.0)
-    x, mask = images(B=1)
+    x, mask = images(B=1, V=1)
     last_prompt_id = tok(text_after_image(PROMPT), add_special_tokens=False)["input_ids"][-1]
     visible = tok("heart", add_special_tokens=False)["input_ids"][0]
     for first in [*ends, *others]:
@@ -246,7 +236,7 @@ def test_llm_lora_adapts_the_familys_query_and_value_projections(family_llm, nam
     if name.startswith("qwen2"):  # the adapted projections keep their bias, frozen
         q_bias = dict(model.named_parameters())["llm.base_model.model.model.layers.0.self_attn.q_proj.base_layer.bias"]
         assert not q_bias.requires_grad
-    x, mask = images()
+    x, mask = images(V=1)
     model(x, mask, **build_batch(tok, REPORTS, model.num_visual_tokens(1), model.cfg)).loss.backward()
     assert {n for n, p in model.named_parameters() if p.grad is not None} == trainable
 
