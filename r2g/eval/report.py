@@ -23,7 +23,7 @@ from PIL import Image
 
 from r2g.errors import R2GError
 from r2g.labels import CHEXPERT_LABELS
-from r2g.metrics.keys import CE_CONVENTIONS, CE_SCORES, NLG_METRICS
+from r2g.metrics.keys import CE_CONVENTIONS, CE_KEYS, CE_SCORES, NLG_METRICS
 
 THUMBNAIL_SIDE = 192
 MISSING = "n/a"
@@ -43,9 +43,7 @@ CE_NOTE = ("Labels from the reference and generated reports (CheXpert-style labe
            "positive on both sides.")
 PER_LABEL_NOTE = "14-label convention (positive = 1 only); support = positive reference reports."
 
-KNOWN_KEYS = ({key for key, _ in NLG_METRICS} | {"per_label"}
-              | {f"{prefix}_{score}" for _, averages in CE_CONVENTIONS for _, prefix in averages
-                 for score in CE_SCORES})
+KNOWN_KEYS = {key for key, _ in NLG_METRICS} | {"per_label"} | set(CE_KEYS)
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
