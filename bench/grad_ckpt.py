@@ -40,12 +40,6 @@ sys.path.insert(0, str(ROOT))
 MiB = 2**20
 
 
-def resident() -> tuple[int, int]:
-    """(current, peak) resident bytes of this process."""
-    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    return int(status["VmRSS"].split()[0]) * 1024, int(status["VmHWM"].split()[0]) * 1024
-
-
 def build(args):
     """(model, forward kwargs) for `args`: fp32, random weights, one micro-batch."""
     import torch
@@ -77,18 +71,18 @@ def measure(args) -> dict:
     """One forward + backward in this process (see the module docstring)."""
     import gc
 
-    from bench.memory import saved_tensor_bytes
+    from bench.memory import proc_status, reset_peak, saved_tensor_bytes
 
     model, inputs = build(args)
     gc.collect()
-    before, _ = resident()
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak to the current resident size
+    before, _ = proc_status("VmRSS", "VmHWM")
+    reset_peak()
     start = time.perf_counter()
     with saved_tensor_bytes(model.parameters()) as stored:
         loss = model(**inputs).loss
     loss.backward()
     seconds = time.perf_counter() - start
-    _, peak = resident()
+    _, peak = proc_status("VmRSS", "VmHWM")
     return {
         "mode": args.mode, "grad_ckpt": args.ckpt, "layers": args.layers, "micro_batch": args.micro_batch,
         "seq_len": inputs["input_ids"].shape[1], "stored_mib": stored() / MiB,

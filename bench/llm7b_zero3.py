@@ -34,6 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.memory import proc_status  # noqa: E402
+
 # Llama-2-7B's config.json, a ~1B model of the same family (the size of shared/notes/zero3-loading.md), and a
 # tiny one (the tests' size, with the 32000-row vocabulary) for a quick check of the script itself.
 SIZES = {
@@ -138,11 +140,6 @@ def _smaps(pid: int) -> tuple[int, int]:
     return fields["Rss"], fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
 
 
-def _hwm(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-
-
 class RankMemory:
     """Samples the rank processes of a launch (descendants of `root` running `marker`, launcher processes
     excluded) every `every` seconds: peak RSS (VmHWM), sampled peak USS; `mark(name)` snapshots the peaks."""
@@ -184,7 +181,7 @@ class RankMemory:
             for rank, pid in self._ranks().items():
                 try:
                     rss, uss = _smaps(pid)
-                    hwm = _hwm(pid)
+                    (hwm,) = proc_status("VmHWM", pid=pid)
                 except (OSError, StopIteration, KeyError):
                     continue
                 p = self.peaks.setdefault(rank, {"rss": 0, "uss": 0, "hwm": 0})

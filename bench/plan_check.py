@@ -45,6 +45,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.memory import proc_status, reset_peak  # noqa: E402
+
 WORKER = "--worker"
 # name: (LLM size of bench/llm7b_zero3.py, mode, DeepSpeed config, ranks, micro-batch, --grad-ckpt)
 CASES = {
@@ -67,12 +69,6 @@ GB = 1e9
 # ----------------------------------------------------------------------------------------- the worker
 
 
-def _status() -> tuple[int, int, int]:
-    """(RSS, anonymous RSS, peak RSS) of this process in bytes, from /proc/self/status."""
-    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    return tuple(int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "RssAnon", "VmHWM"))
-
-
 class SelfMemory:
     """This process's RSS and anonymous RSS every `every` seconds, with named marks (see the module docstring)."""
 
@@ -85,17 +81,13 @@ class SelfMemory:
 
     def _run(self, every: float) -> None:
         while not self._stop.is_set():
-            self.samples.append((time.perf_counter(), *_status()[:2]))
+            self.samples.append((time.perf_counter(), *proc_status("VmRSS", "RssAnon")))
             self._stop.wait(every)
 
     def mark(self, name: str) -> None:
-        (rss, anon, hwm), now = _status(), time.perf_counter()
+        (rss, anon, hwm), now = proc_status("VmRSS", "RssAnon", "VmHWM"), time.perf_counter()
         self.samples.append((now, rss, anon))
         self.marks.append((name, now, hwm))
-
-    @staticmethod
-    def reset_peak() -> None:
-        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
 
     def stop(self) -> None:
         self._stop.set()
@@ -121,7 +113,7 @@ def worker(out: Path, train_args: list[str]) -> None:
         result = initialize(*args, **kwargs)
         engine, step = result[0], result[0].step
         memory.mark("engine")
-        memory.reset_peak()
+        reset_peak()
 
         def probed_step(*a, **k):
             done = step(*a, **k)
