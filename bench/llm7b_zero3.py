@@ -200,12 +200,20 @@ class RankMemory:
         return {r: dict(p) for r, p in sorted(self.peaks.items())}
 
 
+def cpu_rank_env() -> dict[str, str]:
+    """This process's environment for DeepSpeed ranks on the CPU: no rank variables of an enclosing launch,
+    unbuffered output, OMP_NUM_THREADS and TORCH_EXTENSIONS_DIR (the checkout's cache) unless already set."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env.update(DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
+    return env
+
+
 def launch(args: list[str], ranks: int, port: int, lines: dict[str, str], log: Path) -> tuple[dict, dict, float]:
     """Run `args` (a script and its arguments) on `ranks` CPU processes; returns (per-rank peaks, peaks at
     each marked line, seconds). `lines` maps a name to a stdout pattern whose first appearance marks a phase."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    env.update(DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1", OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"),
-               TORCH_EXTENSIONS_DIR=env.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions")))
+    env = cpu_rank_env()
     # glibc otherwise raises its mmap threshold after large frees and keeps freed blocks (gathered layers, the
     # fp32 Swin before DeepSpeed casts it) in the heap: 0.6 GB more per rank at ~1B (bench/RESULTS.md).
     env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 20))

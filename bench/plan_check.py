@@ -174,7 +174,7 @@ def prepare(work: Path) -> Path:
 
 
 def run_case(name: str, work: Path, shards: Path, port: int, reuse: bool) -> dict:
-    from bench.llm7b_zero3 import SIZES, write_llm
+    from bench.llm7b_zero3 import SIZES, cpu_rank_env, write_llm
 
     SIZES.setdefault("05b", HALF_B)
     size, mode, ds, ranks, micro_batch, grad_ckpt = CASES[name]
@@ -191,10 +191,9 @@ def run_case(name: str, work: Path, shards: Path, port: int, reuse: bool) -> dic
                   "--val-samples", "-1", "--workers", "0", "--vision-weights", "none", "--precision", "fp32",
                   "--log-every", "1", "--save-every", "1000", "--warmup-steps", "1"] + (["--grad-ckpt"] if grad_ckpt else [])
     me = [str(Path(__file__).resolve()), WORKER, str(out), "--"]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env = cpu_rank_env()
     # See the module docstring: freed tensors go back to the OS at once.
-    env.update(DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="65536",
-               TORCH_EXTENSIONS_DIR=env.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions")))
+    env.update(OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="65536")
     if ranks == 1:
         cmd = [sys.executable, *me, *train_args]
     else:
