@@ -127,12 +127,6 @@ class LostSamples:
         return sum(self.seen.values())
 
 
-def shard_paths(shards: str | Path, split: str, skip_damaged: bool = False) -> tuple[list[str], int]:
-    """(paths of the split's shards, number of samples), checked as `split_shards` checks them."""
-    checked = split_shards(shards, split, skip_damaged)
-    return checked.paths, checked.samples
-
-
 class ShardList(wds.PipelineStage):
     """The split's shard paths; shuffled per epoch with a seed shared by all ranks, so that every rank's
     worker k reads the same shards in the same order (which the per-sample rank split relies on)."""
@@ -326,10 +320,13 @@ def build_pipeline(
     rank: int = 0,
     world: int = 1,
     encode_reports: Callable[[list[str], int], dict] | None = None,
+    checked: SplitShards | None = None,
 ) -> tuple[wds.DataPipeline, int]:
     """(pipeline yielding batches, samples in the split). Call `pipeline.set_epoch(e)` before each epoch.
-    `encode_reports`: see `Collate`."""
-    checked = split_shards(shards, split, cfg.skip_damaged_shards)
+    `encode_reports`: see `Collate`. `checked`: the split as the caller's `split_shards(shards, split,
+    cfg.skip_damaged_shards)` already returned it (None = check it here), so no shard is checked twice."""
+    if checked is None:
+        checked = split_shards(shards, split, cfg.skip_damaged_shards)
     damage = Damage(shards, cfg.skip_damaged_shards)
     shard_list = ShardList(checked.paths, shuffle=train, seed=seed)
     stages = [shard_list, wds.split_by_worker, ReadShards(checked.expected, damage), SplitByRank(rank, world)]
@@ -369,10 +366,13 @@ def make_loader(
     world: int = 1,
     workers: int | None = None,
     encode_reports: Callable[[list[str], int], dict] | None = None,
+    checked: SplitShards | None = None,
 ) -> tuple[torch.utils.data.DataLoader, wds.DataPipeline, int]:
     """(DataLoader over the pipeline, the pipeline for `set_epoch`, samples in the split). On CUDA, batches
-    come in pinned memory, so the copy to the GPU can overlap compute (`.to(device, non_blocking=True)`)."""
-    pipeline, n_samples = build_pipeline(shards, split, cfg, batch_size, train, seed, rank, world, encode_reports)
+    come in pinned memory, so the copy to the GPU can overlap compute (`.to(device, non_blocking=True)`).
+    `checked`: see `build_pipeline`."""
+    pipeline, n_samples = build_pipeline(shards, split, cfg, batch_size, train, seed, rank, world, encode_reports,
+                                         checked)
     workers = cfg.workers if workers is None else workers
     # Its own generator: a DataLoader iterator otherwise draws its base seed from the global torch RNG,
     # which would shift dropout masks in a resumed run against the uninterrupted one.
@@ -383,13 +383,12 @@ def make_loader(
     return loader, pipeline, n_samples
 
 
-def study_images(shards: str | Path, split: str, ids: set[str]) -> dict[str, list[bytes]]:
-    """The stored image bytes of the studies `ids` in a split (views in order), read straight from the tars."""
+def study_images(checked: SplitShards, ids: set[str]) -> dict[str, list[bytes]]:
+    """The stored image bytes of the studies `ids` in a checked split (views in order), read straight from the tars."""
     import tarfile
 
-    paths, _ = shard_paths(shards, split)
     found: dict[str, dict[int, bytes]] = {}
-    for path in paths:
+    for path in checked.paths:
         with tarfile.open(path) as tar:
             for member in tar:
                 key, _, rest = member.name.partition(".")

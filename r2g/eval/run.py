@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from r2g.config import GenerateConfig, replace
-from r2g.data.loader import make_loader, shard_paths, study_images
+from r2g.data.loader import SplitShards, make_loader, split_shards, study_images
 from r2g.eval.decode import decode, per_rank_limit
 from r2g.eval.reconstitute import RunFolder, load_for_inference, open_run
 from r2g.errors import R2GError
@@ -69,6 +69,7 @@ class EvalPlan:
 
     run: RunFolder  # base paths resolved, overrides applied
     opts: EvalOptions
+    shards: SplitShards  # the split, checked strictly: a score must cover the whole split
     studies: int  # studies to decode (all ranks together)
 
 
@@ -78,9 +79,10 @@ def prepare(run: str | Path, opts: EvalOptions = EvalOptions()) -> EvalPlan:
     from r2g.metrics.chexpert import load_labeler
 
     folder = open_run(run, opts.llm, opts.vision_weights, opts.shards, opts.checkpoint, opts.allow_llm_mismatch)
-    _, total = shard_paths(folder.cfg.data.shards, opts.split)
+    checked = split_shards(folder.cfg.data.shards, opts.split)
     load_labeler(opts.labeler, opts.labeler_weights)  # the labeler runs only after generation: check it now
-    return EvalPlan(folder, opts, min(total, opts.max_samples) if opts.max_samples else total)
+    total = checked.samples
+    return EvalPlan(folder, opts, checked, min(total, opts.max_samples) if opts.max_samples else total)
 
 
 def evaluate(plan: EvalPlan, on_batch: Callable[[int], None] | None = None) -> dict:
@@ -101,7 +103,7 @@ def evaluate(plan: EvalPlan, on_batch: Callable[[int], None] | None = None) -> d
     gen: GenerateConfig = replace(cfg.generate, **opts.generate)
     data = dataclasses.replace(cfg.data, skip_damaged_shards=False)  # a score must cover the whole split
     loader, _, _ = make_loader(shards, split, data, gen.batch_size, train=False, rank=rank, world=world,
-                               workers=opts.workers)
+                               workers=opts.workers, checked=plan.shards)
     per_rank = per_rank_limit(opts.max_samples, world)
     with precision.autocast(device):  # decode in the precision the run trained in
         rows = decode(model, loader, gen, device, precision.input_dtype, max_samples=per_rank, distributed=world > 1,
@@ -140,7 +142,7 @@ def evaluate(plan: EvalPlan, on_batch: Callable[[int], None] | None = None) -> d
         for k in refs
     ]
     shown = {row["id"] for _, _, section in pick_examples(report_rows, n=5, seed=0) for row in section}
-    thumbnails = study_images(shards, split, shown)  # only the examples the report shows
+    thumbnails = study_images(plan.shards, shown)  # only the examples the report shows
     paths = write_report(out, report_rows, metrics, thumbnails, title=f"r2g evaluation: {run.name} on {split}",
                          curves=training_curves(run / "metrics.jsonl"))
     metrics["files"] = {"predictions": str(out / "predictions.jsonl"), "metrics": str(out / "metrics.json"),

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from r2g.config import RunConfig
-from r2g.data.loader import LostSamples, make_loader, shard_paths, split_shards
+from r2g.data.loader import LostSamples, make_loader, split_shards
 from r2g.dist import init_distributed
 from r2g.errors import R2GError
 from r2g.precision import Precision, resolve_precision
@@ -148,13 +148,13 @@ def run(cfg: RunConfig) -> dict:
     # Data first: a missing split should fail before minutes of model loading.
     train_split = split_shards(cfg.data.shards, "train", cfg.data.skip_damaged_shards)
     n_train, lost = train_split.samples, LostSamples(train_split)
-    n_val = 0
+    n_val, val_split = 0, None
     if t.val_samples >= 0:
         try:
-            _, n_val = shard_paths(cfg.data.shards, "val", cfg.data.skip_damaged_shards)
+            val_split = split_shards(cfg.data.shards, "val", cfg.data.skip_damaged_shards)
         except R2GError as e:
             raise R2GError(f"{e}. Or pass --val-samples -1 to train without validation.") from None
-        n_val = val_study_count(t.val_samples, t.val_fraction, n_val)
+        n_val = val_study_count(t.val_samples, t.val_fraction, val_split.samples)
     steps_per_epoch = max(1, n_train // (world * t.micro_batch * t.grad_accum))
     total_steps = t.max_steps or t.epochs * steps_per_epoch
     ds = load_ds_config(t.ds_config)
@@ -199,10 +199,12 @@ def run(cfg: RunConfig) -> dict:
     # tokenizers warn that their thread pool was used before the fork.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     train_loader, train_pipe, _ = make_loader(cfg.data.shards, "train", cfg.data, t.micro_batch, True, t.seed, rank,
-                                              world, encode_reports=model.report_encoder(cfg.data.max_views))
+                                              world, encode_reports=model.report_encoder(cfg.data.max_views),
+                                              checked=train_split)
     val_loader = None
-    if t.val_samples >= 0:
-        val_loader, _, _ = make_loader(cfg.data.shards, "val", cfg.data, cfg.generate.batch_size, False, t.seed, rank, world)
+    if val_split is not None:
+        val_loader, _, _ = make_loader(cfg.data.shards, "val", cfg.data, cfg.generate.batch_size, False, t.seed, rank, world,
+                                       checked=val_split)
     stream = micro_batches(train_loader, train_pipe, steps_per_epoch, t.grad_accum, start_step)
     meter = ThroughputMeter(FlopCounts.from_model(model), engine.module.num_visual_tokens, world,
                             peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None)
