@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from r2g.data.shard import ShardOptions, shard_dataset
 from r2g.demo.toys import TINY_VISION_KWARGS, write_raw_dataset, write_tiny_llm  # noqa: F401  (the tests import them from here)
 
 
@@ -23,3 +25,15 @@ def one_thread():
 @pytest.fixture
 def raw_dataset(tmp_path) -> Path:
     return write_raw_dataset(tmp_path / "raw")
+
+
+@pytest.fixture(scope="session")
+def assets(tmp_path_factory) -> Path:
+    """Shards of 34 tiny studies and a tiny Llama whose tokenizer knows their reports, shared read-only by the
+    training, checkpoint and evaluation tests."""
+    root = tmp_path_factory.mktemp("train")
+    raw = write_raw_dataset(root / "raw", per_split=(24, 6, 4), size=64)
+    shard_dataset(raw, raw.parent / "images", root / "shards", ShardOptions("iu_xray", shard_size=8))
+    corpus = [e["report"] for e in json.loads(raw.read_text())["train"]] * 5
+    write_tiny_llm(root / "llm", corpus)
+    return root

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from .test_train import ROOT, _args, _env, assets, losses, train  # noqa: F401  (assets is a fixture)
+from .test_train import ROOT, _args, _env, losses, train
 
 pytestmark = pytest.mark.slow
 

@@ -33,7 +33,7 @@ from r2g.model.r2gen import build_model
 
 from .test_eval import r2g
 from .test_model import images, micro_cfg
-from .test_train import assets, losses, train  # noqa: F401  (assets is a fixture)
+from .test_train import losses, train
 
 
 @dataclass(frozen=True)
@@ -261,7 +261,7 @@ E2E = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, stage, flags", E2E)
-def test_train_checkpoint_eval_generate(assets, family_llm, tmp_path, name, stage, flags):  # noqa: F811
+def test_train_checkpoint_eval_generate(assets, family_llm, tmp_path, name, stage, flags):
     fam, folder = FAMILIES[name], family_llm(name)[0]
     out = tmp_path / "run"
     train(assets, out, "--llm", str(folder), "--ds", f"ds_configs/{stage}.json", "--max-steps", "2",
@@ -290,7 +290,7 @@ def test_train_checkpoint_eval_generate(assets, family_llm, tmp_path, name, stag
 
 
 @pytest.mark.slow
-def test_grad_ckpt_under_zero3_on_two_ranks_trains_as_without(assets, family_llm, tmp_path):  # noqa: F811
+def test_grad_ckpt_under_zero3_on_two_ranks_trains_as_without(assets, family_llm, tmp_path):
     """Activation checkpointing recomputes through ZeRO-3's partitioned weights on 2 ranks: Swin LoRA, LLM LoRA
     on Qwen2's biased projections and the mapper get the same gradients, so every later loss is the same."""
     common = ("--llm", str(family_llm("qwen2")[0]), "--ds", "ds_configs/zero3.json", "--mode", "delta",

@@ -16,22 +16,11 @@ import torch
 from safetensors.torch import load_file
 
 from r2g.config import RunConfig
-from r2g.data.shard import ShardOptions, shard_dataset
 
-from .conftest import TINY_VISION_KWARGS, write_raw_dataset, write_tiny_llm
+from .conftest import TINY_VISION_KWARGS
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    raw = write_raw_dataset(root / "raw", per_split=(24, 6, 4), size=64)
-    shard_dataset(raw, raw.parent / "images", root / "shards", ShardOptions("iu_xray", shard_size=8))
-    corpus = [e["report"] for e in json.loads(raw.read_text())["train"]] * 5
-    write_tiny_llm(root / "llm", corpus)
-    return root
 
 
 def _env() -> dict:

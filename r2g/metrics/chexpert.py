@@ -56,6 +56,7 @@ Decisions (see the phrase files for the full lists):
 from __future__ import annotations
 
 import bisect
+import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -226,17 +227,15 @@ class _Report:
         return bisect.bisect_left(self.word_starts, b) - bisect.bisect_left(self.word_starts, a)
 
     def covers(self, trigger: _Match, start: int, end: int) -> bool:
-        """Whether a trigger's scope reaches the span [start, end)."""
+        """Whether a trigger's scope reaches the span [start, end): a pre-trigger's to the clause end, a
+        post-trigger's back POST_SCOPE_WORDS words, a conjunction's ("both") only its neighbours either side."""
         direction = _TRIGGER_FILES[trigger.kind][1]
-        if direction == "both":  # a conjunction: only its neighbours
-            if trigger.end <= start:
-                return self.same_clause(trigger.end, start) and self.words_between(trigger.end, start) <= CONJUNCT_WORDS
-            return (end <= trigger.start and self.same_clause(start, trigger.start)
-                    and self.words_between(end, trigger.start) <= CONJUNCT_WORDS)
-        if direction == "pre":
-            return trigger.end <= start and self.same_clause(trigger.end, start)
-        return (end <= trigger.start and self.same_clause(start, trigger.start)
-                and self.words_between(end, trigger.start) <= POST_SCOPE_WORDS)
+        if direction in ("pre", "both") and trigger.end <= start:
+            limit = CONJUNCT_WORDS if direction == "both" else math.inf
+            return self.same_clause(trigger.end, start) and self.words_between(trigger.end, start) <= limit
+        limit = CONJUNCT_WORDS if direction == "both" else POST_SCOPE_WORDS
+        return (direction != "pre" and end <= trigger.start and self.same_clause(start, trigger.start)
+                and self.words_between(end, trigger.start) <= limit)
 
     def status(self, start: int, end: int) -> tuple[int, str | None]:
         """Status of a finding at [start, end): the nearest covering trigger decides; none -> positive."""
