@@ -37,13 +37,23 @@ from r2g.config import GenerateConfig, replace  # noqa: E402
 from r2g.eval.reconstitute import inference_placement, load_for_inference, open_run  # noqa: E402
 
 
-def tiny_model(device: torch.device, dtype: torch.dtype):
-    """(random R2GenGPT of bench/shapes.py's `tiny` shapes in eval mode, its image size)."""
+def tiny_model(device: torch.device, dtype: torch.dtype, s=None):
+    """(random delta R2GenGPT of bench/shapes.py's Shapes `s` (default: `tiny`) in eval mode, its image size)."""
     from bench.shapes import build_shaped_model, shapes, stand_in_tokenizer
 
-    s = shapes("tiny")
+    s = s or shapes("tiny")
     model = build_shaped_model(s, "delta", stand_in_tokenizer(), device, dtype)
     return model.eval(), s.image_size
+
+
+def random_run(reports: int, new_tokens: int, s=None) -> tuple:
+    """(model, Precision, GenerateConfig, studies) with no run folder: `tiny_model` placed and in the precision
+    `r2g eval` would use, `new_tokens` per report (min = max: a random model's reports have no natural end),
+    `reports` one-view studies of random pixels."""
+    device, precision = inference_placement()  # as r2g eval and r2g generate
+    model, image_size = tiny_model(device, precision.llm_dtype, s)
+    gen = GenerateConfig(min_new_tokens=new_tokens, max_new_tokens=new_tokens)
+    return model.to(device), precision, gen, random_studies(reports, image_size)
 
 
 def random_studies(n: int, image_size: int, seed: int = 0) -> list[list[torch.Tensor]]:
@@ -122,15 +132,11 @@ def compare(batched: list[str], single: list[str], num_beams: int) -> dict:
 
 def load(args) -> tuple:
     """(model on the device, its Precision, GenerateConfig, studies, description of model and images)."""
-    device, precision = inference_placement()  # as r2g eval and r2g generate
     if not args.ckpt:
-        model, image_size = tiny_model(device, precision.llm_dtype)
-        gen = GenerateConfig(min_new_tokens=args.new_tokens, max_new_tokens=args.new_tokens)
-        studies = random_studies(args.reports, image_size)
-        return model.to(device), precision, gen, studies, {"model": "tiny random model (bench/shapes.py)",
-                                                             "images": "random pixels, one view"}
+        return *random_run(args.reports, args.new_tokens), {"model": "tiny random model (bench/shapes.py)",
+                                                            "images": "random pixels, one view"}
     run = open_run(args.ckpt)
-    (model, precision), cfg = load_for_inference(run, device), run.cfg
+    (model, precision), cfg = load_for_inference(run), run.cfg
     if args.shards:
         studies, images = shard_studies(args.shards, args.split, args.reports, cfg.data), f"{args.split} split of {args.shards}"
     else:

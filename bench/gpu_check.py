@@ -59,19 +59,15 @@ def compare(row: dict, plan) -> dict:
     return out
 
 
-def generation(s, tokenizer, reports: int, batch_size: int, new_tokens: int) -> dict:
-    """Beam-3 reports/s of the delta model at shapes `s`, `new_tokens` per report (min = max, as generate.py's
-    random model: its reports have no natural end)."""
-    from r2g.config import GenerateConfig
-    from r2g.dist import auto_dtype
+def generation(s, reports: int, batch_size: int, new_tokens: int) -> dict:
+    """Beam-3 reports/s of the delta model at shapes `s`, `new_tokens` per report, decoded as
+    bench/generate.py decodes its random model (and `r2g eval` a run)."""
+    from bench.generate import random_run, record_lengths, timed
 
-    from bench.generate import random_studies, record_lengths, timed
-    from bench.shapes import build_shaped_model
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_shaped_model(s, "delta", tokenizer, device, auto_dtype(device)).to(device).eval()
-    gen = GenerateConfig(min_new_tokens=new_tokens, max_new_tokens=new_tokens)
-    result = timed(model, record_lengths(model), random_studies(reports, s.image_size), gen, batch_size)
+    model, precision, gen, studies = random_run(reports, new_tokens, s)
+    lengths = record_lengths(model)
+    with precision.autocast(next(model.parameters()).device):
+        result = timed(model, lengths, studies, gen, batch_size)
     result.pop("texts")
     del model
     if torch.cuda.is_available():
@@ -123,7 +119,7 @@ def run(args) -> dict:
                 row |= {"zero_stage": 3 if "3" in ds_name else 2, "mfu": mfu(row["tflops_per_gpu"] * 1e12, peak)}
                 steps.append(compare(row, plan_for(s, tokenizer, row, ds_name)))
                 print(f"{ds_name} {mode} grad_ckpt={ckpt}: {row['step_ms']:.1f} ms", flush=True)
-    gen = generation(s, tokenizer, args.reports, args.gen_batch, args.new_tokens)
+    gen = generation(s, args.reports, args.gen_batch, args.new_tokens)
     return {"llm_shapes": args.llm_shapes, "vision_arch": s.vision_arch, "device": device,
             "dtype": "bf16" if cuda else "fp32", "peak_tflops": peak / 1e12 if peak else None,
             "micro_batch": args.micro_batch, "timed_steps": args.steps, "date": time.strftime("%Y-%m-%d"),
