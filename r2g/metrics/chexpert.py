@@ -319,14 +319,12 @@ def mentions(text: str) -> list[Mention]:
     found = []
     for label in MENTIONED:
         unmention = rules.unmentions[label]
-        for m in _spans(rules.findings[label], unmention, report.text):
-            status, cue = report.status(m.start(), m.end())
-            found.append(Mention(label, m.group(), m.start(), m.end(), report.sentence(m.start()), status, cue))
-        for m in _spans(rules.hedged[label], unmention, report.text):
-            status, cue = report.status(m.start(), m.end())
-            if status == POSITIVE:
-                status, cue = UNCERTAIN, f"uncertain_{slug(label)}.txt"
-            found.append(Mention(label, m.group(), m.start(), m.end(), report.sentence(m.start()), status, cue))
+        for hedged, pattern in ((False, rules.findings[label]), (True, rules.hedged[label])):
+            for m in _spans(pattern, unmention, report.text):
+                status, cue = report.status(m.start(), m.end())
+                if hedged and status == POSITIVE:  # uncertain_<label>.txt: at most -1 ("chf" -> Cardiomegaly)
+                    status, cue = UNCERTAIN, f"uncertain_{slug(label)}.txt"
+                found.append(Mention(label, m.group(), m.start(), m.end(), report.sentence(m.start()), status, cue))
     # Structures of all labels at once: a qualifier claimed by one structure is not another's.
     anatomy = [(label, m) for label in OBSERVATIONS
                for m in _spans(rules.anatomy[label], rules.unmentions[label], report.text)]
