@@ -57,19 +57,21 @@ def test_a_study_without_a_target_is_named():
         batch_targets(targets, ["s1", "s9"])
 
 
-def toy_pretraining(tmp_path) -> tuple[ModelConfig, DataConfig, dict[str, torch.Tensor]]:
-    """A tiny Swin's config, generated 64 px shards of 40 studies, and their train studies' targets."""
-    generate(tmp_path / "data", studies=40, style="mimic", seed=0, image_size=64, workers=1)
-    shard_dataset(tmp_path / "data" / "annotation.json", tmp_path / "data" / "images", tmp_path / "shards",
+@pytest.fixture(scope="module")
+def toy_pretraining(tmp_path_factory) -> tuple[ModelConfig, DataConfig, dict[str, torch.Tensor]]:
+    """A tiny Swin's config, generated 64 px shards of 40 studies, and their train studies' targets (read only)."""
+    root = tmp_path_factory.mktemp("pretraining")
+    generate(root / "data", studies=40, style="mimic", seed=0, image_size=64, workers=1)
+    shard_dataset(root / "data" / "annotation.json", root / "data" / "images", root / "shards",
                   ShardOptions("mimic_cxr", shard_size=20))
-    train = json.loads((tmp_path / "data" / "annotation.json").read_text())["train"]
+    train = json.loads((root / "data" / "annotation.json").read_text())["train"]
     targets = {e["id"]: torch.tensor(present_findings(e["labels"])) for e in train}
     model_cfg = ModelConfig(vision_arch="swin_tiny_patch4_window7_224", vision_kwargs=TINY_VISION_KWARGS)
-    return model_cfg, DataConfig(shards=str(tmp_path / "shards"), image_size=64, workers=0), targets
+    return model_cfg, DataConfig(shards=str(root / "shards"), image_size=64, workers=0), targets
 
 
-def test_pretraining_on_generated_shards_saves_weights_that_load(tmp_path):
-    model_cfg, data_cfg, targets = toy_pretraining(tmp_path)
+def test_pretraining_on_generated_shards_saves_weights_that_load(toy_pretraining, tmp_path):
+    model_cfg, data_cfg, targets = toy_pretraining
     out = tmp_path / "swin.safetensors"
     logged = []
     result = pretrain_vision(model_cfg, data_cfg, targets, out, steps=4, lr=1e-3, batch_size=8, seed=0, log=logged.append)
@@ -94,12 +96,12 @@ def test_pretraining_on_generated_shards_saves_weights_that_load(tmp_path):
         pretrain_vision(model_cfg, data_cfg, dict(list(targets.items())[:3]), tmp_path / "x.safetensors", steps=2)
 
 
-def test_under_the_demos_pinned_threads_the_callers_thread_count_does_not_matter(tmp_path):
+def test_under_the_demos_pinned_threads_the_callers_thread_count_does_not_matter(toy_pretraining, tmp_path):
     """The cause of different demo figures from the same seed (issue 11): CPU kernels split float sums across
     threads, so pretraining gives other weights at 1 and at 2 torch threads (measured on 2 cores, even after
     one step at toy size), and every later stage inherits them. The demo pins the count (`pinned_threads`),
     so the caller's count no longer matters."""
-    model_cfg, data_cfg, targets = toy_pretraining(tmp_path)
+    model_cfg, data_cfg, targets = toy_pretraining
     weights = []
     for callers in (2, 1):
         torch.set_num_threads(callers)
