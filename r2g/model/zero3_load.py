@@ -39,10 +39,6 @@ class StoredTensor:
     shape: tuple[int, ...]
     offset: int  # byte offset of the first element from the start of the file
 
-    @property
-    def numel(self) -> int:
-        return int(torch.Size(self.shape).numel())
-
 
 def _read_header(file: Path) -> dict[str, StoredTensor]:
     with open(file, "rb") as f:
