@@ -106,8 +106,13 @@ def test_under_the_demos_pinned_threads_the_callers_thread_count_does_not_matter
     for callers in (2, 1):
         torch.set_num_threads(callers)
         out = tmp_path / f"swin-{callers}.safetensors"
+        # The count pretrain_vision runs on, read from inside it (its log): equal weights alone may not tell,
+        # e.g. on one core.
+        seen = []
         with pinned_threads(1):  # 1, not the demo's 2: quick on a busy machine
-            pretrain_vision(model_cfg, data_cfg, targets, out, steps=1, batch_size=8, seed=0)
+            pretrain_vision(model_cfg, data_cfg, targets, out, steps=1, batch_size=8, seed=0,
+                            log=lambda _: seen.append(torch.get_num_threads()))
+        assert seen == [1]
         assert torch.get_num_threads() == callers  # given back
         weights.append(load_file(out))
     assert weights[0].keys() == weights[1].keys()
