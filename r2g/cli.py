@@ -335,8 +335,6 @@ def generate(
     **generation,
 ):
     """Write reports for new chest X-ray images."""
-    import json
-
     from r2g.eval.generate import collect_studies, generate_reports
     from r2g.eval.reconstitute import load_for_inference, open_run
 
@@ -368,8 +366,6 @@ def score(
     out: Optional[Path] = typer.Option(None, help="Write the metrics as JSON here."),
 ):
     """Score any predictions file: coco-caption NLG metrics and CheXpert clinical efficacy."""
-    import json
-
     from r2g.metrics.score import load_pairs, score as score_pairs
 
     refs, preds = load_pairs(pred, ref)
@@ -429,8 +425,6 @@ def plan(
     json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON instead of a table."),
 ):
     """Will a training run fit in GPU memory, and how long will an epoch take? (no GPU, no weights needed)"""
-    import json
-
     from r2g.config import ModelConfig
     from r2g.model.flops import peak_flops
     from r2g.plan import GIB, Setup, estimate, load_llm_shape, read_ds, vision_shape
