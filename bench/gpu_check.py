@@ -97,31 +97,23 @@ def markdown(r: dict) -> str:
 
 
 def run(args) -> dict:
-    from r2g.model.flops import mfu, peak_flops
-
     from bench.shapes import shapes, stand_in_tokenizer
-    from bench.train_step import mode_bench
+    from bench.train_step import modes_bench
 
-    cuda = torch.cuda.is_available()
-    if args.llm_shapes != "tiny" and not cuda:
-        raise SystemExit(f"--llm-shapes {args.llm_shapes} needs a CUDA GPU; on a CPU use --llm-shapes tiny")
     t0 = time.perf_counter()
-    device = torch.cuda.get_device_name() if cuda else "cpu"
-    peak = peak_flops(device) if cuda else None
     s, tokenizer = shapes(args.llm_shapes), stand_in_tokenizer()
     steps = []
     for ds_name, modes, ckpts in (("zero2.json", ("shallow", "delta", "deep"), (False, True)),
                                   ("zero3.json", ("shallow",), (False,))):
         for ckpt in ckpts:
-            for mode in modes:
-                row = mode_bench(s, mode, tokenizer, args.micro_batch, args.steps, args.warmup,
-                                 str(ROOT / "ds_configs" / ds_name), grad_ckpt=ckpt)
-                row |= {"zero_stage": 3 if "3" in ds_name else 2, "mfu": mfu(row["tflops_per_gpu"] * 1e12, peak)}
+            result = modes_bench(args.llm_shapes, args.micro_batch, args.steps, args.warmup, ckpt, ds_name, modes)
+            for row in result["modes"]:
+                row |= {"zero_stage": result["zero_stage"], "mfu": row.pop("mfu")}
                 steps.append(compare(row, plan_for(s, tokenizer, row, ds_name)))
-                print(f"{ds_name} {mode} grad_ckpt={ckpt}: {row['step_ms']:.1f} ms", flush=True)
+                print(f"{ds_name} {row['mode']} grad_ckpt={ckpt}: {row['step_ms']:.1f} ms", flush=True)
     gen = generation(s, args.reports, args.gen_batch, args.new_tokens)
-    return {"llm_shapes": args.llm_shapes, "vision_arch": s.vision_arch, "device": device,
-            "dtype": "bf16" if cuda else "fp32", "peak_tflops": peak / 1e12 if peak else None,
+    return {"llm_shapes": args.llm_shapes, "vision_arch": s.vision_arch, "device": result["device"],
+            "dtype": result["dtype"], "peak_tflops": result["peak_tflops"],
             "micro_batch": args.micro_batch, "timed_steps": args.steps, "date": time.strftime("%Y-%m-%d"),
             "steps": steps, "generation": gen, "seconds": time.perf_counter() - t0}
 

@@ -199,8 +199,10 @@ def mode_bench(s, mode: str, tokenizer, micro_batch: int, steps: int, warmup: in
     return row
 
 
-def modes_bench(shapes_name: str, micro_batch: int, steps: int, warmup: int, grad_ckpt: bool = False) -> dict:
-    """`mode_bench` for shallow, delta and deep, with the device's peak and MFU added."""
+def modes_bench(shapes_name: str, micro_batch: int, steps: int, warmup: int, grad_ckpt: bool = False,
+                ds_name: str = "zero2.json", modes: tuple[str, ...] | None = None) -> dict:
+    """`mode_bench` for each of `modes` (default: shallow, delta and deep) under ds_configs/`ds_name`, with the
+    device's peak and MFU added."""
     from r2g.config import MODES
     from r2g.model.flops import mfu, peak_flops
 
@@ -212,13 +214,14 @@ def modes_bench(shapes_name: str, micro_batch: int, steps: int, warmup: int, gra
     device_name = torch.cuda.get_device_name() if cuda else "cpu"
     peak = peak_flops(device_name) if cuda else None
     s, tokenizer = shapes(shapes_name), stand_in_tokenizer()
-    ds_path = str(ROOT / "ds_configs" / "zero2.json")
-    rows = [mode_bench(s, mode, tokenizer, micro_batch, steps, warmup, ds_path, grad_ckpt) for mode in MODES]
+    ds_path = ROOT / "ds_configs" / ds_name
+    stage = json.loads(ds_path.read_text())["zero_optimization"]["stage"]
+    rows = [mode_bench(s, mode, tokenizer, micro_batch, steps, warmup, str(ds_path), grad_ckpt) for mode in modes or MODES]
     for row in rows:
         row["mfu"] = mfu(row["tflops_per_gpu"] * 1e12, peak)
     return {
         "llm_shapes": shapes_name, "vision_arch": s.vision_arch, "image_size": s.image_size, "device": device_name,
-        "dtype": "bf16" if cuda else "fp32", "zero_stage": 2, "grad_ckpt": grad_ckpt, "steps": steps, "warmup": warmup,
+        "dtype": "bf16" if cuda else "fp32", "zero_stage": stage, "grad_ckpt": grad_ckpt, "steps": steps, "warmup": warmup,
         "peak_tflops": peak / 1e12 if peak else None,
         "sequence": "worst case: prompt + visual tokens + a report filling max_report_tokens (eos included); "
                     "the prompt is tokenized by a stand-in BPE, not Llama-2's tokenizer",
