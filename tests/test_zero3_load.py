@@ -65,25 +65,34 @@ def _worker(rank: int, world: int, port: int, folder: str, bad_folder: str, tied
         load_llm(bad_folder, torch.float32)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("world", [2, 3])  # 3: the vocabulary x hidden weights do not split evenly (padding)
-def test_each_rank_loads_only_its_share_and_the_logits_match_a_plain_load(tmp_path: Path, world: int):
-    folder = write_tiny_llm(tmp_path / "llm", CORPUS, hidden=32)
+@pytest.fixture(scope="module")
+def llm_folders(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(a bf16 checkpoint in several shards with an index, one whose config wants another hidden size, one with
+    tied embeddings), written once for every world size."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    root = tmp_path_factory.mktemp("zero3_load")
+    folder = write_tiny_llm(root / "llm", CORPUS, hidden=32)
     # Re-saved in bf16 as several shards with an index: the layout of real checkpoints.
     plain = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
     for f in folder.glob("*.safetensors"):
         f.unlink()
     plain.save_pretrained(folder, max_shard_size="20KB")
-    assert (folder / "model.safetensors.index.json").is_file() and len(list(folder.glob("*.safetensors"))) >= 3
-    bad = write_tiny_llm(tmp_path / "bad", CORPUS, hidden=32)
+    bad = write_tiny_llm(root / "bad", CORPUS, hidden=32)
     config = (bad / "config.json").read_text().replace('"hidden_size": 32', '"hidden_size": 48')
     (bad / "config.json").write_text(config)
-    tied = write_tiny_llm(tmp_path / "tied", CORPUS, hidden=32)
+    tied = write_tiny_llm(root / "tied", CORPUS, hidden=32)
     config = AutoConfig.from_pretrained(tied)
     config.tie_word_embeddings = True
     AutoModelForCausalLM.from_config(config).save_pretrained(tied)
+    return folder, bad, tied
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [2, 3])  # 3: the vocabulary x hidden weights do not split evenly (padding)
+def test_each_rank_loads_only_its_share_and_the_logits_match_a_plain_load(llm_folders, world: int):
+    folder, bad, tied = llm_folders
+    assert (folder / "model.safetensors.index.json").is_file() and len(list(folder.glob("*.safetensors"))) >= 3
     assert "lm_head.weight" not in stored_tensors(tied)  # one tensor for both embeddings
     mp.spawn(_worker, args=(world, 29400 + os.getpid() % 500 + world, str(folder), str(bad), str(tied)), nprocs=world)
 
