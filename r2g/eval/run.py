@@ -71,6 +71,7 @@ class EvalPlan:
     opts: EvalOptions
     shards: SplitShards  # the split, checked strictly: a score must cover the whole split
     studies: int  # studies to decode (all ranks together)
+    label: Callable[[list[str]], list[dict]]  # the labeler, loaded (and so checked) before the model
 
 
 def prepare(run: str | Path, opts: EvalOptions = EvalOptions()) -> EvalPlan:
@@ -80,9 +81,11 @@ def prepare(run: str | Path, opts: EvalOptions = EvalOptions()) -> EvalPlan:
 
     folder = open_run(run, opts.llm, opts.vision_weights, opts.shards, opts.checkpoint, opts.allow_llm_mismatch)
     checked = split_shards(folder.cfg.data.shards, opts.split)
-    load_labeler(opts.labeler, opts.labeler_weights)  # the labeler runs only after generation: check it now
+    # The labeler runs only after generation, but loading is what checks it (CheXbert's pickle, its weights):
+    # load it now, once, and score with this one.
+    label = load_labeler(opts.labeler, opts.labeler_weights)
     total = checked.samples
-    return EvalPlan(folder, opts, checked, min(total, opts.max_samples) if opts.max_samples else total)
+    return EvalPlan(folder, opts, checked, min(total, opts.max_samples) if opts.max_samples else total, label)
 
 
 def evaluate(plan: EvalPlan, on_batch: Callable[[int], None] | None = None) -> dict:
@@ -121,8 +124,7 @@ def evaluate(plan: EvalPlan, on_batch: Callable[[int], None] | None = None) -> d
     if opts.truncated_refs:
         ids = list(refs)
         refs = dict(zip(ids, truncate_like_reference([refs[k] for k in ids], model.tokenizer, cfg.model.max_report_tokens)))
-    metrics = score(refs, preds, meteor=opts.meteor, labeler=opts.labeler, labeler_weights=opts.labeler_weights,
-                    per_report_labels=True)
+    metrics = score(refs, preds, meteor=opts.meteor, labeler=plan.label, per_report_labels=True)
     labels = metrics.pop("labels")
     rouge = per_report_rouge(refs, preds)
     metrics.update(

@@ -8,6 +8,7 @@ Two file layouts are read:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from r2g.errors import R2GError
@@ -104,17 +105,19 @@ def score(
     refs: dict[str, str],
     preds: dict[str, str],
     meteor: bool = True,
-    labeler: str = "rules",
+    labeler: str | Callable[[list[str]], list[dict]] = "rules",
     labeler_weights: str | None = None,
     per_report_labels: bool = False,
 ) -> dict:
     """NLG metrics (BLEU_1..4, METEOR, ROUGE_L, CIDEr) and CE metrics (ce_*, ce5_*, per_label) in one dict.
 
-    Both sides are labelled with `labeler` ("rules" or "chexbert" with `labeler_weights`). With
+    Both sides are labelled with `labeler` ("rules" or "chexbert" with `labeler_weights`, or one `load_labeler`
+    already returned). With
     `per_report_labels`, "labels" maps each id to {"reference": labels, "prediction": labels}.
     """
     check_pairs(refs, preds)
-    label = load_labeler(labeler, labeler_weights)  # first: a bad labeler fails before the slow NLG part
+    # First: a bad labeler fails before the slow NLG part.
+    label = labeler if callable(labeler) else load_labeler(labeler, labeler_weights)
     ids = list(refs)
     results: dict = {"num_reports": len(ids)}
     results.update(compute_nlg(refs, preds, meteor=meteor))
