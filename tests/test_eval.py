@@ -255,3 +255,30 @@ def test_bad_inputs_fail_before_any_model_loads(run_dir, assets, tmp_path, monke
         r = r2g_here(*args)
         assert isinstance(r.exception, R2GError), (args, r.output, r.exception)
         assert message in str(r.exception), (args, str(r.exception))
+
+def test_eval_stops_at_a_damaged_shard_even_when_the_run_read_past_them(run_dir, assets, tmp_path):  # noqa: F811
+    """A score must cover the whole split: eval reads strictly whatever the run's skip_damaged_shards, so a test
+    shard that ends early (same size, a corrupt header: only the count as it streams sees it) stops it, naming
+    the shard, before anything is written."""
+    import tarfile
+
+    shards = tmp_path / "shards"
+    shutil.copytree(assets / "shards", shards)
+    damaged = shards / "test-000000.tar"  # s0030..s0033
+    with tarfile.open(damaged) as tar:
+        offset = next(m.offset for m in tar.getmembers() if m.name.startswith("s0031."))
+    data = bytearray(damaged.read_bytes())
+    data[offset + 3] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = json.loads((run_dir / "r2g_config.json").read_text())
+    cfg["data"]["skip_damaged_shards"] = True
+    (run / "r2g_config.json").write_text(json.dumps(cfg))
+    shutil.copy(run_dir / "trainable.safetensors", run)
+
+    r = r2g_here("eval", "--ckpt", run, "--shards", shards, "--out", tmp_path / "eval", "--workers", "0",
+                 "--no-meteor", *FAST)
+    assert isinstance(r.exception, R2GError), r.output + repr(r.exception)
+    assert str(r.exception).startswith(f"{damaged}: damaged shard, 1 of 4 samples readable"), str(r.exception)
+    assert not (tmp_path / "eval").exists()
