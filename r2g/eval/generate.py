@@ -35,28 +35,25 @@ def collect_studies(inputs: list[str]) -> list[list[Path]]:
         raise R2GError("no images given: pass image files, folders, or frontal.png,lateral.png pairs")
     for paths in studies:
         for path in paths:
-            check_image(path)
+            read_image(path)  # decodes, or names the bad file
     return studies
 
 
-def check_image(path: Path) -> None:
-    """Raise R2GError unless `path` is an image file PIL decodes whole. (Image.verify would be cheaper but
-    does not read JPEG data, so a truncated JPEG would pass.)"""
+def read_image(path: Path) -> Image.Image:
+    """The image at `path`, decoded whole, or an R2GError naming it. (Image.verify would be cheaper but does not
+    read JPEG data, so a truncated JPEG would pass.)"""
     if not path.is_file():
         raise R2GError(f"{path}: image not found")
     try:
         with Image.open(path) as img:
-            img.load()
+            img.load()  # the pixels stay in memory when the file closes
     except (UnidentifiedImageError, OSError, SyntaxError) as e:  # SyntaxError: PIL's bad-PNG-chunk error
         raise R2GError(f"{path}: not a readable image ({e})") from None
+    return img
 
 
 def load_view(path: Path, transform) -> torch.Tensor:
-    try:
-        with Image.open(path) as img:
-            return to_rgb_tensor(img, transform)
-    except (UnidentifiedImageError, OSError) as e:
-        raise R2GError(f"{path}: not a readable image ({e})") from None
+    return to_rgb_tensor(read_image(path), transform)
 
 
 def generate_reports(model, precision: Precision, cfg: RunConfig, studies: list[list[Path]],
