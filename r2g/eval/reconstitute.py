@@ -111,20 +111,22 @@ def _weights_file(run: Path, checkpoint: str | None) -> Path:
     return ckpt
 
 
-def zero_checkpoint_weights(run: str | Path, tag: str | None = None) -> dict[str, torch.Tensor]:
-    """fp32 trainable weights consolidated from the run's DeepSpeed checkpoint (`tag` None = latest)."""
+def zero_checkpoint_weights(run: str | Path, tag: str = "latest") -> dict[str, torch.Tensor]:
+    """fp32 trainable weights consolidated from the run's DeepSpeed checkpoint `tag` (a step tag or "latest")."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    ckpt = _weights_file(Path(run), tag or "latest")
-    # The frozen LLM was never written into the checkpoint, so only trainable weights come back.
-    sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=tag, exclude_frozen_parameters=True)
+    ckpt = _weights_file(Path(run), tag)
+    # The frozen LLM was never written into the checkpoint, so only trainable weights come back. DeepSpeed reads
+    # the 'latest' file itself when given no tag.
+    sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=None if tag == "latest" else tag,
+                                                  exclude_frozen_parameters=True)
     return {k: v.float() for k, v in sd.items()}
 
 
 def trained_weights(folder: RunFolder) -> dict[str, torch.Tensor]:
     """The run's trained weights (fp32), from trainable.safetensors or its DeepSpeed checkpoint."""
     if folder.checkpoint is not None:
-        return zero_checkpoint_weights(folder.path, None if folder.checkpoint == "latest" else folder.checkpoint)
+        return zero_checkpoint_weights(folder.path, folder.checkpoint)
     from safetensors.torch import load_file
 
     return load_file(str(_weights_file(folder.path, None)))
