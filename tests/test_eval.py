@@ -256,6 +256,7 @@ def test_bad_inputs_fail_before_any_model_loads(run_dir, assets, tmp_path, monke
         assert isinstance(r.exception, R2GError), (args, r.output, r.exception)
         assert message in str(r.exception), (args, str(r.exception))
 
+
 def test_eval_stops_at_a_damaged_shard_even_when_the_run_read_past_them(run_dir, assets, tmp_path):  # noqa: F811
     """A score must cover the whole split: eval reads strictly whatever the run's skip_damaged_shards, so a test
     shard that ends early (same size, a corrupt header: only the count as it streams sees it) stops it, naming
