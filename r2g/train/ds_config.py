@@ -37,7 +37,8 @@ def find_ds_config(path: str | Path) -> Path:
 def load_ds_config(path: str | Path) -> dict:
     path = find_ds_config(path)
     if not path.is_file():
-        raise R2GError(f"{path}: DeepSpeed config not found (pass --ds ds_configs/zero2.json or zero3.json)")
+        raise R2GError(f"{path}: DeepSpeed config not found (pass --ds ds_configs/zero2.json, zero3.json or "
+                       "zero3_offload.json, or a path to one)")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
