@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny raw dataset in the R2Gen layout, written on the fly (builders in r2g.demo.toys)."""
+"""Shared fixtures: one torch thread per test module, a tiny raw dataset in the R2Gen layout, and the training
+assets (shards + a tiny Llama), written on the fly (builders in r2g.demo.toys)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,15 @@ from pathlib import Path
 import pytest
 
 from r2g.data.shard import ShardOptions, shard_dataset
-from r2g.demo.toys import TINY_VISION_KWARGS, write_raw_dataset, write_tiny_llm  # noqa: F401  (the tests import them from here)
+from r2g.demo.run import pinned_threads
+from r2g.demo.toys import write_raw_dataset, write_tiny_llm
 
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Tiny ops run fastest on one thread, and two pytest workers on two cores must not spin-wait on each other."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with pinned_threads(1):
+        yield
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from r2g.config import PROMPT, ModelConfig
+from r2g.demo.toys import TINY_VISION_KWARGS
 from r2g.model.prompt import IMAGE_CLOSE, IMAGE_OPEN
 
-from .conftest import TINY_VISION_KWARGS
 from .test_train import ROOT, _env
 
 pytestmark = pytest.mark.slow

@@ -16,11 +16,11 @@ from typer.testing import CliRunner
 from r2g.cli import app
 from r2g.config import SECTIONS, ModelConfig, RunConfig, choices, recipes, resolve
 from r2g.data.shard import ShardOptions, shard_dataset
+from r2g.demo.toys import write_raw_dataset
 from r2g.errors import R2GError
 from r2g.train.loop import check_vision_weights, val_study_count, validation_steps
 from r2g.train.schedule import epoch_cosine_lr
 
-from .conftest import write_raw_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 

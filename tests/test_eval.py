@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from r2g import cli
 from r2g.config import DataConfig, ModelConfig, RunConfig
+from r2g.demo.toys import TINY_VISION_KWARGS
 from r2g.errors import R2GError
 from r2g.eval import generate as generate_module
 from r2g.eval import reconstitute as reconstitute_module
@@ -26,7 +27,6 @@ from r2g.model.vision import build_vision_encoder
 from r2g.precision import resolve_precision
 from r2g.train.checkpoint import write_run_config
 
-from .conftest import TINY_VISION_KWARGS
 from .test_train import ROOT, _env, train
 
 pytestmark = pytest.mark.slow

@@ -10,9 +10,8 @@ import torch
 from r2g.config import DataConfig
 from r2g.data.loader import make_loader
 from r2g.data.shard import ShardOptions, shard_dataset
+from r2g.demo.toys import write_raw_dataset
 from r2g.errors import R2GError
-
-from .conftest import write_raw_dataset
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from transformers import (
 from bench.memory import saved_tensor_bytes
 from r2g.config import PROMPT, GenerateConfig, ModelConfig
 from r2g.demo.tiny_lm import train_tokenizer
+from r2g.demo.toys import TINY_VISION_KWARGS
 from r2g.errors import R2GError
 from r2g.model.flops import FlopCounts, mfu, peak_flops, train_flops_per_sample, vision_forward_flops
 from r2g.model.llm import config_hash, load_llm
@@ -28,7 +29,6 @@ from r2g.model.prompt import IGNORE_INDEX, build_batch, prompt_pieces
 from r2g.model.r2gen import build_model, merge_visual
 from r2g.model.vision import QVLoRA, build_vision_encoder, encode
 
-from .conftest import TINY_VISION_KWARGS
 
 REPORTS = [
     "the heart is normal in size . the lungs are clear .",

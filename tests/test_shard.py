@@ -11,9 +11,8 @@ from PIL import Image
 from r2g.data.annotation import load_annotation, sha256_file
 from r2g.data.reports import clean_report
 from r2g.data.shard import ShardOptions, shard_dataset, verify_shards
+from r2g.demo.toys import write_raw_dataset
 from r2g.errors import R2GError
-
-from .conftest import write_raw_dataset
 
 
 def _members(tar_path: Path) -> dict[str, bytes]:

@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from r2g.config import RunConfig
+from r2g.demo.toys import TINY_VISION_KWARGS
 
-from .conftest import TINY_VISION_KWARGS
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from r2g.demo.toys import write_tiny_llm
 from r2g.errors import R2GError
 from r2g.model.zero3_load import stored_tensors
 
-from .conftest import write_tiny_llm
 
 CORPUS = ["The heart is normal in size. No pleural effusion.", "Mild cardiomegaly. Lungs are clear."] * 20
 

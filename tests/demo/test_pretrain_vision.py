@@ -16,10 +16,9 @@ from r2g.data.shard import ShardOptions, shard_dataset
 from r2g.demo.dataset import generate
 from r2g.demo.pretrain_vision import TokenScoreHead, balanced_pos_weight, batch_targets, pretrain_vision
 from r2g.demo.run import pinned_threads, present_findings
+from r2g.demo.toys import TINY_VISION_KWARGS
 from r2g.errors import R2GError
 from r2g.model.vision import build_vision_encoder
-
-from ..conftest import TINY_VISION_KWARGS
 
 
 def test_head_pools_an_even_score_to_itself_and_lets_one_token_dominate():
