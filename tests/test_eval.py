@@ -35,7 +35,7 @@ FAST = ("--num-beams", "1", "--max-new-tokens", "3", "--min-new-tokens", "1")  #
 
 
 @pytest.fixture(scope="module")
-def run_dir(assets, tmp_path_factory):  # noqa: F811
+def run_dir(assets, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "run"
     # No validation: the export is the final weights, the same step as the latest ZeRO checkpoint.
     train(assets, out, "--ds", "ds_configs/zero2.json", "--mode", "delta", "--max-steps", "3", "--val-samples", "-1")
@@ -51,7 +51,7 @@ def r2g_here(*args: str):
     return CliRunner().invoke(cli.app, [str(a) for a in args])
 
 
-def image(assets: Path, study: int = 1) -> str:  # noqa: F811
+def image(assets: Path, study: int = 1) -> str:
     return str(assets / "raw" / "images" / f"s{study:04d}" / "0.png")
 
 
@@ -69,7 +69,7 @@ def test_zero_checkpoint_weights_equal_zero_to_fp32_and_the_export(run_dir, tmp_
     assert sorted(export) == sorted(ours) and all(torch.equal(export[k], ours[k]) for k in ours)
 
 
-def test_reconstitute_loads_trained_weights_and_checks_the_base_llm(run_dir, assets, tmp_path):  # noqa: F811
+def test_reconstitute_loads_trained_weights_and_checks_the_base_llm(run_dir, assets, tmp_path):
     run = open_run(run_dir)
     model, precision = load_for_inference(run, torch.device("cpu"))
     export = load_file(run_dir / "trainable.safetensors")
@@ -90,7 +90,7 @@ def test_reconstitute_loads_trained_weights_and_checks_the_base_llm(run_dir, ass
         zero_checkpoint_weights(run_dir, "step99")
 
 
-def test_eval_command_writes_predictions_metrics_and_report(run_dir, assets, tmp_path):  # noqa: F811
+def test_eval_command_writes_predictions_metrics_and_report(run_dir, assets, tmp_path):
     out = tmp_path / "eval"
     # no --shards: the run's own, from its r2g_config.json
     r = r2g("eval", "--ckpt", str(run_dir), "--split", "test", "--out", str(out),
@@ -118,7 +118,7 @@ def test_eval_command_writes_predictions_metrics_and_report(run_dir, assets, tmp
     assert rescored["BLEU_4"] == pytest.approx(metrics["BLEU_4"]) and rescored["CIDEr"] == pytest.approx(metrics["CIDEr"])
 
 
-def test_generate_writes_reports_and_rejects_unreadable_images(run_dir, assets, tmp_path):  # noqa: F811
+def test_generate_writes_reports_and_rejects_unreadable_images(run_dir, assets, tmp_path):
     images = assets / "raw" / "images"
     pair = f"{images / 's0000' / '0.png'},{images / 's0000' / '1.png'}"
     out = tmp_path / "reports.jsonl"
@@ -159,7 +159,7 @@ def test_a_run_decodes_in_the_precision_it_trained_in(run_dir, tmp_path):
     assert precision.autocast_dtype == torch.bfloat16 and precision.input_dtype == torch.float32
 
 
-def test_generate_builds_the_model_where_inference_placement_says(run_dir, assets, tmp_path, monkeypatch):  # noqa: F811
+def test_generate_builds_the_model_where_inference_placement_says(run_dir, assets, tmp_path, monkeypatch):
     # `r2g generate` used to build the model in fp32 on the CPU whatever the machine; it now goes through the
     # shared loader, so a GPU placement (here bf16, on the CPU so that the test needs no GPU) reaches the model.
     cpu = torch.device("cpu")
@@ -192,7 +192,7 @@ def test_run_config_records_absolute_base_paths(tmp_path, monkeypatch):
     assert RunConfig.load(tmp_path / "r2g_config.json").model.vision_weights == "none"  # a random Swin: no path
 
 
-def test_a_run_folder_works_from_any_directory(run_dir, assets, tmp_path, monkeypatch):  # noqa: F811
+def test_a_run_folder_works_from_any_directory(run_dir, assets, tmp_path, monkeypatch):
     # A run that recorded its base paths relative to where it was trained (tmp_path), as runs did before they
     # were written absolute: the demo's demo/tiny-lm, used after `cd demo`.
     proj = tmp_path / "proj"
@@ -226,7 +226,7 @@ def test_a_run_folder_works_from_any_directory(run_dir, assets, tmp_path, monkey
     assert len((proj / "again.jsonl").read_text().splitlines()) == 1
 
 
-def test_bad_inputs_fail_before_any_model_loads(run_dir, assets, tmp_path, monkeypatch):  # noqa: F811
+def test_bad_inputs_fail_before_any_model_loads(run_dir, assets, tmp_path, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("heavy work started before the inputs were checked")
 
@@ -257,7 +257,7 @@ def test_bad_inputs_fail_before_any_model_loads(run_dir, assets, tmp_path, monke
         assert message in str(r.exception), (args, str(r.exception))
 
 
-def test_eval_stops_at_a_damaged_shard_even_when_the_run_read_past_them(run_dir, assets, tmp_path):  # noqa: F811
+def test_eval_stops_at_a_damaged_shard_even_when_the_run_read_past_them(run_dir, assets, tmp_path):
     """A score must cover the whole split: eval reads strictly whatever the run's skip_damaged_shards, so a test
     shard that ends early (same size, a corrupt header: only the count as it streams sees it) stops it, naming
     the shard, before anything is written."""
