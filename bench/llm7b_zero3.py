@@ -248,7 +248,7 @@ def generate_worker(run: str, max_new_tokens: int) -> None:
 
     from r2g.config import replace
     from r2g.data.loader import make_loader
-    from r2g.dist import init_distributed
+    from r2g.dist import close_distributed, init_distributed
     from r2g.eval.decode import decode
     from r2g.eval.reconstitute import open_run, trained_weights
     from r2g.model.r2gen import build_model
@@ -275,6 +275,7 @@ def generate_worker(run: str, max_new_tokens: int) -> None:
                       synced=world > 1)
     if rank == 0:
         print("generated: " + json.dumps({"seconds": round(time.perf_counter() - start, 1), "rows": rows}), flush=True)
+    close_distributed()
 
 
 def gb(n: int) -> float:

@@ -277,6 +277,9 @@ def main() -> None:
               f"ratio {result['ratio']:.2f} (target <= {result['target']:.2f})")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    from r2g.dist import close_distributed
+
+    close_distributed()
 
 
 if __name__ == "__main__":

@@ -31,6 +31,15 @@ def init_distributed() -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
+def close_distributed() -> None:
+    """Tear the process group down at the end of a command that succeeded. Left to interpreter exit, gloo's worker
+    threads can be destroyed while still joinable and abort the process ("terminate called without an active
+    exception", pytorch#190489): a finished run would exit with SIGABRT. Not after a failure: another rank may
+    still wait in a collective, and destroying the group under it can hang."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def auto_dtype(device: torch.device) -> torch.dtype:
     """The compute dtype when none is asked for: bf16 on CUDA, fp32 elsewhere (bf16 on this CPU kind is
     ~10x slower than fp32)."""

@@ -38,6 +38,7 @@ def _worker(rank: int, world: int, port: int, folder: str, bad_folder: str, tied
     from transformers import AutoModelForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
 
+    from r2g.dist import close_distributed
     from r2g.model.llm import load_llm
 
     deepspeed.init_distributed(dist_backend="gloo")
@@ -63,6 +64,7 @@ def _worker(rank: int, world: int, port: int, folder: str, bad_folder: str, tied
     assert _same_logits(tied, plain, torch.tensor([[1, 5, 7, 9]]))
     with pytest.raises(R2GError, match=r"model\.embed_tokens\.weight is stored with shape \[\d+, 32\].*wants \[\d+, 48\]"):
         load_llm(bad_folder, torch.float32)
+    close_distributed()  # else gloo's threads can abort the worker at exit
 
 
 @pytest.fixture(scope="module")
