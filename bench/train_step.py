@@ -102,7 +102,7 @@ def ds_engine(model, cfg, ds_path: str):
     import deepspeed
 
     from r2g.dist import init_distributed
-    from r2g.train.ds_config import resolve_ds_config
+    from r2g.ds_config import resolve_ds_config
 
     init_distributed()
     ds = resolve_ds_config(ds_path, cfg, world=1, total_steps=10_000, bf16=torch.cuda.is_available())

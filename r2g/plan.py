@@ -270,7 +270,7 @@ class DSFacts:
 def read_ds(path: str) -> DSFacts:
     """ZeRO stage, offload and bucket sizes of a DeepSpeed JSON (a shipped name such as
     ds_configs/zero3.json works from any folder)."""
-    from r2g.train.ds_config import load_ds_config
+    from r2g.ds_config import load_ds_config
 
     zero = load_ds_config(path).get("zero_optimization", {})
 

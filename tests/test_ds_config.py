@@ -7,7 +7,7 @@ import pytest
 
 from r2g.config import RunConfig, TrainConfig
 from r2g.errors import R2GError
-from r2g.train.ds_config import SHIPPED, find_ds_config, resolve_ds_config
+from r2g.ds_config import SHIPPED, find_ds_config, resolve_ds_config
 
 ZERO2 = SHIPPED / "zero2.json"
 

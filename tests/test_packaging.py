@@ -38,7 +38,7 @@ def installed(tmp_path_factory) -> Path:
 def test_an_installed_wheel_finds_the_shipped_ds_configs(installed, tmp_path):
     script = (
         "import json, r2g\n"
-        "from r2g.train.ds_config import find_ds_config\n"
+        "from r2g.ds_config import find_ds_config\n"
         "print(json.dumps([r2g.__file__, str(find_ds_config('ds_configs/zero2.json')), str(find_ds_config('zero3.json'))]))\n"
     )
     # Run from a folder outside the checkout, with the installed copy first on the path.

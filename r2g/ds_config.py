@@ -15,7 +15,7 @@ from r2g.errors import R2GError
 
 # The configs shipped inside the package (an installed wheel has them too; the checkout's top-level
 # ds_configs/ is a link here). `--ds zero2.json` or `ds_configs/zero2.json` falls back here when not found as given.
-SHIPPED = Path(__file__).resolve().parents[1] / "ds_configs"
+SHIPPED = Path(__file__).resolve().parent / "ds_configs"
 
 
 def _fill(section: dict, key: str, value: Any, where: str, flag: str, conflicts: list[str]) -> None:
