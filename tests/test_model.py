@@ -155,6 +155,20 @@ def test_timm_weights_load_and_bad_weights_fail_clearly(tmp_path):
             build_vision_encoder(micro_cfg(vision_weights=str(tmp_path / name)))
 
 
+def test_a_random_swin_is_the_same_whatever_the_rng_state():
+    """--vision-weights none: the frozen random Swin is not saved with the run, so every rebuild (eval, generate,
+    a ZeRO-3 load whose LLM init draws differently) must draw the same one, leaving the caller's RNG alone.
+    (Shallow: delta's LoRA is initialised from the caller's RNG, and saved with the run.)"""
+    torch.manual_seed(1)
+    first = build_vision_encoder(micro_cfg(vision_weights="none", mode="shallow"))
+    next_draw = torch.rand(3)
+    torch.manual_seed(2)
+    second = build_vision_encoder(micro_cfg(vision_weights="none", mode="shallow"))
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    torch.manual_seed(1)
+    assert torch.equal(torch.rand(3), next_draw)  # building it drew nothing from the global generator
+
+
 def test_encode_merges_views():
     encoder = build_vision_encoder(micro_cfg()).eval()
     x, mask = images()

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from r2g.config import ModelConfig
+from r2g.config import RANDOM_WEIGHTS, ModelConfig
 from r2g.errors import R2GError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -220,11 +220,21 @@ def enable_grad_ckpt(encoder: nn.Module, cfg: ModelConfig) -> None:
     encoder.set_grad_checkpointing(True)
 
 
+RANDOM_SWIN_SEED = 0
+
+
 def build_vision_encoder(cfg: ModelConfig) -> nn.Module:
-    """timm `cfg.vision_arch` without a head, weights from `cfg.vision_weights` (None = random init),
+    """timm `cfg.vision_arch` without a head, weights from `cfg.vision_weights` (None or "none": random init),
     frozen / LoRA-adapted for `cfg.mode`, its blocks checkpointed with `cfg.grad_ckpt`."""
     try:
-        encoder = timm.create_model(cfg.vision_arch, pretrained=False, num_classes=0, **cfg.vision_kwargs)
+        # A run's random Swin (--vision-weights none) is not saved with it, only its trainables are: draw it from
+        # a fixed seed, whatever the RNG state, so that eval, generate and a ZeRO-3 load (whose LLM init draws
+        # differently) rebuild the very encoder the run trained with. (Unset, in library use such as the demo's
+        # Swin pretraining, it comes from the caller's RNG.)
+        with torch.random.fork_rng(devices=[], enabled=cfg.vision_weights == RANDOM_WEIGHTS):
+            if cfg.vision_weights == RANDOM_WEIGHTS:
+                torch.manual_seed(RANDOM_SWIN_SEED)
+            encoder = timm.create_model(cfg.vision_arch, pretrained=False, num_classes=0, **cfg.vision_kwargs)
     except (RuntimeError, TypeError) as e:  # unknown arch name, bad keyword
         raise R2GError(f"model.vision_arch / vision_kwargs: timm cannot build '{cfg.vision_arch}' ({e})") from None
     if cfg.vision_weights_file:
