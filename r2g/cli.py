@@ -299,6 +299,9 @@ def eval_command(
     truncated_refs: bool = typer.Option(False, help="Compatibility only: score against references truncated to the token budget, as the reference code does (inflates scores)."),
     max_samples: int = typer.Option(0, help="Evaluate only the first N studies (0 = all)."),
     workers: int = typer.Option(2, help="Data-loader workers."),
+    ds: Optional[str] = typer.Option(None, "--ds", help="A ZeRO-3 config (ds_configs/zero3.json): the model is "
+                                     "partitioned across the ranks of the launch (deepspeed / torchrun), for an LLM "
+                                     "one GPU cannot hold. Default: each rank holds the whole model."),
     local_rank: int = typer.Option(-1, "--local_rank", "--local-rank", hidden=True),
     **generation,
 ):
@@ -308,7 +311,7 @@ def eval_command(
     opts = EvalOptions(
         split=split, out=out, shards=shards, llm=llm, vision_weights=vision_weights, checkpoint=checkpoint,
         allow_llm_mismatch=allow_llm_mismatch, meteor=meteor, labeler=labeler, labeler_weights=labeler_weights,
-        truncated_refs=truncated_refs, max_samples=max_samples, workers=workers,
+        truncated_refs=truncated_refs, max_samples=max_samples, workers=workers, ds=ds,
         generate=config_overrides(generation).get("generate", {}),  # over the run's own generation settings
     )
     plan = prepare(ckpt, opts)  # every input checked before the progress bar and the model load

@@ -80,12 +80,38 @@ def fill_ds_config(ds: dict, path: str | Path, cfg: RunConfig, world: int, total
     _fill(bf16_section, "enabled", bf16, "bf16.enabled", "--precision", conflicts)
     if ds.get("fp16", {}).get("enabled") is True and bf16:
         conflicts.append("fp16.enabled is true but --precision resolves to bf16")
+    _bf16_buffers(ds, bf16)
+    if conflicts:
+        raise R2GError(f"{path} conflicts with the command line: " + "; ".join(conflicts) + '. Set those keys to "auto" or change the flags.')
+    return ds
+
+
+def _bf16_buffers(ds: dict, bf16: bool) -> None:
     if bf16:
         # timm Swin keeps its shifted-window attention mask as a buffer; DeepSpeed casts parameters, not
         # buffers, so without this the masked matmul mixes fp32 and bf16 and fails.
         ds.setdefault("data_types", {}).setdefault("buffer_dtype", "bf16")
-    if conflicts:
-        raise R2GError(f"{path} conflicts with the command line: " + "; ".join(conflicts) + '. Set those keys to "auto" or change the flags.')
+
+
+def load_inference_ds_config(path: str | Path) -> dict:
+    """The ZeRO-3 config at `path`, for evaluating with the model partitioned across ranks. Only ZeRO-3
+    partitions weights (stages 1 and 2 partition optimizer state, which inference has none of), so any other
+    stage is an error."""
+    ds = load_ds_config(path)
+    if zero_stage(ds) != 3:
+        raise R2GError(f"{find_ds_config(path)}: --ds partitions the model for evaluation, which needs ZeRO-3 "
+                       f"(zero_optimization.stage 3, as in ds_configs/zero3.json); this config has stage "
+                       f"{zero_stage(ds)}. Without --ds every rank holds the whole model.")
+    return ds
+
+
+def fill_inference_ds_config(ds: dict, micro_batch: int, world: int, bf16: bool) -> dict:
+    """`ds` (from load_inference_ds_config) ready for `deepspeed.initialize` without an optimizer: the training
+    keys dropped, the batch keys filled (DeepSpeed checks them even when nothing trains)."""
+    ds = {k: v for k, v in ds.items() if k not in ("optimizer", "scheduler", "gradient_clipping")}
+    ds.update(train_micro_batch_size_per_gpu=micro_batch, gradient_accumulation_steps=1,
+              train_batch_size=micro_batch * world, bf16={"enabled": bf16})
+    _bf16_buffers(ds, bf16)
     return ds
 
 

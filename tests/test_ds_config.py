@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from r2g.config import RunConfig, TrainConfig
+from r2g.ds_config import (SHIPPED, fill_inference_ds_config, find_ds_config, load_inference_ds_config,
+                           resolve_ds_config)
 from r2g.errors import R2GError
-from r2g.ds_config import SHIPPED, find_ds_config, resolve_ds_config
 
 ZERO2 = SHIPPED / "zero2.json"
 
@@ -45,3 +46,13 @@ def test_shipped_configs_are_found_from_any_folder(tmp_path, monkeypatch):
     assert find_ds_config("ds_configs/zero2.json") == Path("ds_configs/zero2.json")  # a local file comes first
     with pytest.raises(R2GError, match="ds_configs/zero9.json: DeepSpeed config not found"):
         resolve_ds_config("ds_configs/zero9.json", RunConfig(), 1, 10, False)
+
+
+def test_an_inference_config_is_zero3_without_the_training_keys():
+    ds = fill_inference_ds_config(load_inference_ds_config("zero3.json"), micro_batch=4, world=2, bf16=True)
+    assert not {"optimizer", "scheduler", "gradient_clipping"} & set(ds)
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (4, 1, 8)
+    assert ds["bf16"] == {"enabled": True} and ds["data_types"]["buffer_dtype"] == "bf16"
+    assert ds["zero_optimization"]["stage"] == 3
+    with pytest.raises(R2GError, match=r"zero2.json: --ds partitions the model .* needs ZeRO-3 .* has stage 2"):
+        load_inference_ds_config("zero2.json")

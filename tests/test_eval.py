@@ -5,6 +5,7 @@ before any model loads)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -116,6 +117,28 @@ def test_eval_command_writes_predictions_metrics_and_report(run_dir, assets, tmp
     assert r.returncode == 0, r.stdout + r.stderr
     rescored = json.loads((tmp_path / "s.json").read_text())
     assert rescored["BLEU_4"] == pytest.approx(metrics["BLEU_4"]) and rescored["CIDEr"] == pytest.approx(metrics["CIDEr"])
+
+
+def test_eval_with_the_model_partitioned_over_two_ranks_gives_the_one_process_predictions(run_dir, tmp_path):
+    """`--ds zero3.json` under a launcher: each rank holds half of the LLM, gathered layer by layer as the ranks
+    decode in step, and the reports are those of one process holding it whole (batch 1: no padding differs)."""
+    common = ("eval", "--ckpt", str(run_dir), "--no-meteor", "--workers", "1", "--gen-batch-size", "1",
+              "--num-beams", "2", "--max-new-tokens", "6", "--min-new-tokens", "1")
+    r = r2g(*common, "--out", str(tmp_path / "whole"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+              "--master_port", str(29000 + os.getpid() % 500), "-m", "r2g.cli"]
+    r = subprocess.run([*launch, *common, "--ds", "ds_configs/zero3.json", "--out", str(tmp_path / "partitioned")],
+                       capture_output=True, text=True, env=_env(), timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    whole, partitioned = ([json.loads(line) for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
+                          for name in ("whole", "partitioned"))
+    assert [row["id"] for row in partitioned] == ["s0030", "s0031", "s0032", "s0033"]
+    assert [row["prediction"] for row in partitioned] == [row["prediction"] for row in whole]
+    metrics = json.loads((tmp_path / "partitioned" / "metrics.json").read_text())
+    held, total = metrics["inference"]["llm_weights_held_rank0"], metrics["inference"]["llm_weights_total"]
+    assert metrics["inference"]["ranks"] == 2 and total // 2 <= held <= total // 2 + 64  # half, plus padding
+    assert json.loads((tmp_path / "whole" / "metrics.json").read_text())["inference"]["ranks"] == 1
 
 
 def test_generate_writes_reports_and_rejects_unreadable_images(run_dir, assets, tmp_path):
@@ -238,6 +261,10 @@ def test_bad_inputs_fail_before_any_model_loads(run_dir, assets, tmp_path, monke
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "cut.png").write_bytes(good[: len(good) // 2])
     ckpt = ("--ckpt", run_dir)
+    mixed = shutil.copytree(run_dir, tmp_path / "mixed", ignore=shutil.ignore_patterns("checkpoints"))
+    config = json.loads((mixed / "r2g_config.json").read_text())
+    config["train"]["precision"] = "bf16-mixed"
+    (mixed / "r2g_config.json").write_text(json.dumps(config))
     cases = [
         (("generate", *ckpt, image(assets), tmp_path / "broken.png"), "broken.png: not a readable image"),
         (("generate", *ckpt, image(assets), tmp_path / "missing.png"), "missing.png: image not found"),
@@ -250,6 +277,9 @@ def test_bad_inputs_fail_before_any_model_loads(run_dir, assets, tmp_path, monke
         (("eval", *ckpt, "--shards", tmp_path), "manifest.json: not found"),
         (("eval", *ckpt, "--vision-weights", tmp_path / "no-swin.pth"), "--vision-weights"),
         (("eval", *ckpt, "--labeler", "chexbert"), "--labeler-weights"),
+        (("eval", *ckpt, "--ds", tmp_path / "no-ds.json"), "no-ds.json: DeepSpeed config not found"),
+        (("eval", *ckpt, "--ds", "ds_configs/zero2.json"), "needs ZeRO-3"),
+        (("eval", "--ckpt", mixed, "--ds", "ds_configs/zero3.json"), "trained in bf16-mixed"),
     ]
     for args, message in cases:
         r = r2g_here(*args)

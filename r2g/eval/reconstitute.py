@@ -151,3 +151,25 @@ def load_for_inference(folder: RunFolder, device: torch.device | None = None):
     if precision.ds_bf16:  # DeepSpeed's bf16 mode trained every weight in bf16, the trainables included
         model.to(torch.bfloat16)
     return model.to(device).eval(), precision
+
+
+def load_partitioned_for_inference(folder: RunFolder, ds: dict, world: int, batch_size: int,
+                                   device: torch.device | None = None):
+    """`load_for_inference` for an LLM one device cannot hold: (a DeepSpeed ZeRO-3 engine whose `.module` is the
+    model, its Precision). The LLM loads partitioned, each of the `world` ranks reading only its share of the
+    checkpoint (r2g/model/zero3_load.py); the engine gathers each layer for its forward pass, so every rank must
+    run every forward pass (decode's `synced`). Keep the engine alive while generating: its hooks do the
+    gathering. `ds` comes from r2g.ds_config.load_inference_ds_config."""
+    import deepspeed
+    from transformers.integrations import HfDeepSpeedConfig
+
+    from r2g.ds_config import fill_inference_ds_config
+    from r2g.model.r2gen import build_model
+
+    device, precision = inference_placement(folder.cfg.train.precision, device)
+    ds = fill_inference_ds_config(ds, batch_size, world, precision.ds_bf16)
+    hf_ds = HfDeepSpeedConfig(ds)  # noqa: F841  (alive while the model builds, so the LLM loads partitioned)
+    model = build_model(folder.cfg.model, dtype=precision.llm_dtype)
+    model.load_trainable_state_dict(trained_weights(folder))  # whole still: deepspeed.initialize partitions them
+    engine = deepspeed.initialize(model=model.eval(), config=ds)[0]
+    return engine, precision

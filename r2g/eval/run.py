@@ -21,8 +21,10 @@ from typing import Any
 
 from r2g.config import GenerateConfig, replace
 from r2g.data.loader import SplitShards, make_loader, split_shards, study_images
+from r2g.errors import R2GError
 from r2g.eval.decode import decode, per_rank_limit
-from r2g.eval.reconstitute import RunFolder, load_for_inference, open_run
+from r2g.eval.reconstitute import RunFolder, load_for_inference, load_partitioned_for_inference, open_run
+from r2g.model.zero3_load import llm_elements_held
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class EvalOptions:
     truncated_refs: bool = False
     max_samples: int = 0  # 0 = the whole split
     workers: int = 2
+    ds: str | None = None  # a ZeRO-3 config: the model partitioned across the ranks; None = each rank holds it whole
 
 
 def truncate_like_reference(texts: list[str], tokenizer, max_tokens: int) -> list[str]:
@@ -71,6 +74,7 @@ class EvalPlan:
     shards: SplitShards  # the split, checked strictly: a score must cover the whole split
     studies: int  # studies to decode (all ranks together)
     label: Callable[[list[str]], list[dict]]  # the labeler, loaded (and so checked) before the model
+    ds: dict | None = None  # the ZeRO-3 config (opts.ds), read and checked
 
 
 def prepare(run: str | Path, opts: EvalOptions = EvalOptions()) -> EvalPlan:
@@ -83,8 +87,17 @@ def prepare(run: str | Path, opts: EvalOptions = EvalOptions()) -> EvalPlan:
     # The labeler runs only after generation, but loading is what checks it (CheXbert's pickle, its weights):
     # load it now, once, and score with this one.
     label = load_labeler(opts.labeler, opts.labeler_weights)
+    ds = None
+    if opts.ds:
+        from r2g.ds_config import load_inference_ds_config
+
+        ds = load_inference_ds_config(opts.ds)
+        if folder.cfg.train.precision == "bf16-mixed":
+            # ZeRO-3 holds every parameter in one dtype: the fp32 trainables beside the bf16 LLM cannot be kept.
+            raise R2GError(f"{folder.path} trained in bf16-mixed (LLM bf16, trainables fp32), which ZeRO-3 cannot "
+                           "hold; evaluate it without --ds (each rank then holds the whole model)")
     total = checked.samples
-    return EvalPlan(folder, opts, checked, min(total, opts.max_samples) if opts.max_samples else total, label)
+    return EvalPlan(folder, opts, checked, min(total, opts.max_samples) if opts.max_samples else total, label, ds)
 
 
 def evaluate(plan: EvalPlan, on_batch: Callable[[int], None] | None = None) -> dict:
@@ -95,21 +108,27 @@ def evaluate(plan: EvalPlan, on_batch: Callable[[int], None] | None = None) -> d
 
     folder, opts, run = plan.run, plan.opts, plan.run.path
     rank, world, device = 0, 1, None
-    if "RANK" in os.environ:  # launched by deepspeed / torchrun: split the set across ranks
+    if "RANK" in os.environ or plan.ds:  # launched by deepspeed / torchrun: split the set across ranks
         from r2g.dist import init_distributed
 
         rank, world, device = init_distributed()
-    model, precision = load_for_inference(folder, device)
-    device = next(model.parameters()).device
     cfg, shards, split = folder.cfg, folder.cfg.data.shards, opts.split
     gen: GenerateConfig = replace(cfg.generate, **opts.generate)
+    held, total = None, None
+    if plan.ds:
+        engine, precision = load_partitioned_for_inference(folder, plan.ds, world, gen.batch_size, device)
+        model = engine.module
+        held, total = llm_elements_held(model.llm)
+    else:
+        model, precision = load_for_inference(folder, device)
+    device = next(model.parameters()).device
     data = dataclasses.replace(cfg.data, skip_damaged_shards=False)  # a score must cover the whole split
     loader, _, _ = make_loader(shards, split, data, gen.batch_size, train=False, rank=rank, world=world,
                                workers=opts.workers, checked=plan.shards)
     per_rank = per_rank_limit(opts.max_samples, world)
     with precision.autocast(device):  # decode in the precision the run trained in
         rows = decode(model, loader, gen, device, precision.input_dtype, max_samples=per_rank, distributed=world > 1,
-                      on_batch=on_batch)
+                      synced=bool(plan.ds) and world > 1, on_batch=on_batch)
     if rank != 0:
         return {}
 
@@ -127,6 +146,8 @@ def evaluate(plan: EvalPlan, on_batch: Callable[[int], None] | None = None) -> d
         split=split, studies=len(rows), references=REFERENCES_TRUNCATED if opts.truncated_refs else REFERENCES_FULL,
         labeler=opts.labeler, generate=dataclasses.asdict(gen), run=str(run), shards=str(shards),
         weights=opts.checkpoint or "trainable.safetensors",
+        # How the model was held: a partitioned LLM must not change any number, and this says it was.
+        inference={"ranks": world, "ds": opts.ds, "llm_weights_held_rank0": held, "llm_weights_total": total},
     )
 
     with open(out / "predictions.jsonl", "w") as f:

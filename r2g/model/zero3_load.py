@@ -150,3 +150,14 @@ def load_partitioned(folder: str | Path, dtype: torch.dtype, ds_config: dict) ->
     fill_partitions(model, tensors, folder)
     model.eval()
     return model
+
+
+def llm_elements_held(llm) -> tuple[int, int]:
+    """(weights this rank stores, weights in the LLM): under ZeRO-3 each rank keeps only its partition."""
+    held = total = 0
+    for p in llm.parameters():
+        if hasattr(p, "ds_tensor"):  # ZeRO-3 partitioned parameter
+            held, total = held + p.ds_tensor.numel(), total + p.ds_numel
+        else:
+            held, total = held + p.numel(), total + p.numel()
+    return held, total

@@ -17,6 +17,7 @@ import torch
 from r2g.config import RunConfig
 from r2g.data.loader import LostSamples, make_loader, split_shards
 from r2g.dist import init_distributed
+from r2g.model.zero3_load import llm_elements_held
 from r2g.errors import R2GError
 from r2g.precision import Precision, resolve_precision
 from r2g.train.checkpoint import export_trainable, gather_trainable, resume, save_resumable, write_run_config
@@ -64,17 +65,6 @@ def model_inputs(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
         "view_mask": batch["view_mask"].to(device, non_blocking=True),
         **{k: v.to(device, non_blocking=True) for k, v in batch["text"].items()},
     }
-
-
-def llm_elements_held(llm) -> tuple[int, int]:
-    """(weights this rank stores, weights in the LLM): under ZeRO-3 each rank keeps only its partition."""
-    held = total = 0
-    for p in llm.parameters():
-        if hasattr(p, "ds_tensor"):  # ZeRO-3 partitioned parameter
-            held, total = held + p.ds_tensor.numel(), total + p.ds_numel
-        else:
-            held, total = held + p.numel(), total + p.numel()
-    return held, total
 
 
 def validation_steps(steps_per_epoch: int, val_every: int, val_per_epoch: int) -> callable:
