@@ -28,6 +28,7 @@ from r2g.model.vision import build_vision_encoder
 from r2g.precision import resolve_precision
 from r2g.train.checkpoint import write_run_config
 
+from .damage import break_header
 from .test_train import ROOT, _env, train
 
 pytestmark = pytest.mark.slow
@@ -291,16 +292,10 @@ def test_eval_stops_at_a_damaged_shard_even_when_the_run_read_past_them(run_dir,
     """A score must cover the whole split: eval reads strictly whatever the run's skip_damaged_shards, so a test
     shard that ends early (same size, a corrupt header: only the count as it streams sees it) stops it, naming
     the shard, before anything is written."""
-    import tarfile
-
     shards = tmp_path / "shards"
     shutil.copytree(assets / "shards", shards)
     damaged = shards / "test-000000.tar"  # s0030..s0033
-    with tarfile.open(damaged) as tar:
-        offset = next(m.offset for m in tar.getmembers() if m.name.startswith("s0031."))
-    data = bytearray(damaged.read_bytes())
-    data[offset + 3] ^= 0xFF
-    damaged.write_bytes(bytes(data))
+    break_header(damaged, "s0031")
     run = tmp_path / "run"
     run.mkdir()
     cfg = json.loads((run_dir / "r2g_config.json").read_text())

@@ -13,6 +13,8 @@ from r2g.data.shard import ShardOptions, shard_dataset
 from r2g.demo.toys import write_raw_dataset
 from r2g.errors import R2GError
 
+from .damage import break_header, spoil_image
+
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
@@ -135,14 +137,7 @@ def _cut_in_half(path):
 
 
 def _break_second_header(path):
-    """Same size, corrupt header of the second sample's first member: tarfile ends the archive there quietly."""
-    import tarfile
-
-    with tarfile.open(path) as tar:
-        offset = next(m.offset for m in tar.getmembers() if m.name.startswith("s0004."))
-    data = bytearray(path.read_bytes())
-    data[offset + 3] ^= 0xFF
-    path.write_bytes(bytes(data))
+    break_header(path, "s0004")
 
 
 def _iterate(shards, cfg=CFG, workers=0, train=True):
@@ -195,16 +190,7 @@ def test_skip_damaged_shards_reads_the_rest_and_counts_the_loss(shards, tmp_path
 
 
 def test_an_undecodable_sample_stops_or_is_counted(shards, tmp_path):
-    import tarfile
-
-    def spoil_image(path):  # same size, the PNG signature of s0003's first view overwritten
-        with tarfile.open(path) as tar:
-            offset = next(m.offset_data for m in tar.getmembers() if m.name == "s0003.0.png")
-        data = bytearray(path.read_bytes())
-        data[offset : offset + 8] = b"garbage!"
-        path.write_bytes(bytes(data))
-
-    damaged = _damaged_copy(shards, tmp_path, spoil_image)
+    damaged = _damaged_copy(shards, tmp_path, lambda path: spoil_image(path, "s0003.0.png"))
     with pytest.raises(R2GError, match=r"train-000001.tar: sample s0003 does not decode"):
         _iterate(damaged, train=False)
     with pytest.warns(UserWarning, match="sample s0003 does not decode"):

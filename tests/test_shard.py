@@ -14,6 +14,8 @@ from r2g.data.shard import ShardOptions, shard_dataset, verify_shards
 from r2g.demo.toys import write_raw_dataset
 from r2g.errors import R2GError
 
+from .damage import flip_bit
+
 
 def _members(tar_path: Path) -> dict[str, bytes]:
     with tarfile.open(tar_path) as tf:
@@ -178,18 +180,10 @@ def test_missing_paths_and_bad_options(raw_dataset, tmp_path):
         _shard(raw_dataset, tmp_path / "s", dataset="chexpert")
 
 
-def _flip(path: Path, offset: int) -> None:
-    data = bytearray(path.read_bytes())
-    data[offset] ^= 0x01
-    path.write_bytes(bytes(data))
-
-
 def test_verify_catches_a_flipped_byte_a_cut_and_a_missing_shard(raw_dataset, tmp_path):
     out = tmp_path / "shards"
     _shard(raw_dataset, out, shard_size=2)
-    with tarfile.open(out / "train-000000.tar") as tar:  # a byte inside s0001's image: the count cannot see it
-        image = next(m for m in tar.getmembers() if m.name == "s0001.0.png")
-    _flip(out / "train-000000.tar", image.offset_data + image.size // 2)
+    flip_bit(out / "train-000000.tar", "s0001.0.png")  # inside an image: the count cannot see it
     cut = out / "train-000002.tar"
     cut.write_bytes(cut.read_bytes()[:1024])
     (out / "test-000001.tar").unlink()
@@ -211,7 +205,7 @@ def test_shard_verify_command_exits_non_zero_naming_the_bad_shards(raw_dataset, 
     verify = [sys.executable, "-m", "r2g.cli", "shard", "verify", str(out)]
     good = subprocess.run(verify, capture_output=True, text=True, timeout=120)
     assert good.returncode == 0 and "all 4 shard(s) verify" in good.stdout
-    _flip(out / "val-000000.tar", 700)
+    flip_bit(out / "val-000000.tar", "s0006.0.png")  # the first val study
     bad = subprocess.run(verify, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "1 of 4 shard(s) damaged: val-000000.tar (checksum differs" in bad.stdout
     assert "Traceback" not in bad.stdout + bad.stderr
