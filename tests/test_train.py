@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,8 @@ from safetensors.torch import load_file
 
 from r2g.config import RunConfig
 from r2g.demo.toys import TINY_VISION_KWARGS
+
+from .damage import spoil_image
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,6 +107,22 @@ def test_zero2_two_processes(assets, tmp_path):
     result = train(assets, out, "--ds", "ds_configs/zero2.json", "--max-steps", "3", "--val-samples", "-1", procs=2)
     assert "rank 0 of 2" in result.stdout and "3 steps/epoch" in result.stdout  # 24 studies / (2 ranks x 4)
     assert sorted(losses(out)) == [1, 2, 3]
+
+
+def test_samples_that_do_not_decode_on_either_rank_are_logged_and_counted_by_rank_0(assets, tmp_path):
+    """--skip-damaged-shards: consecutive samples go to different ranks, so rank 1 meets s0004 and rank 0 s0003;
+    rank 0, which alone logs, must still name and count both."""
+    shards = tmp_path / "shards"
+    shutil.copytree(assets / "shards", shards)
+    for key in ("s0003", "s0004"):
+        spoil_image(shards / "train-000000.tar", f"{key}.0.png")
+    out = tmp_path / "run"
+    result = train(assets, out, "--shards", str(shards), "--skip-damaged-shards", "--ds", "ds_configs/zero2.json",
+                   "--max-steps", "6", "--val-samples", "-1", procs=2)
+    for key in ("s0003", "s0004"):
+        assert f"sample {key} does not decode; skipped" in result.stdout, result.stdout[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r for r in records if "loss" in r][-1]["lost_samples"] == 2
 
 
 def test_kill_9_then_resume_reproduces_the_uninterrupted_run(assets, tmp_path):

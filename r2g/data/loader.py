@@ -104,7 +104,7 @@ class LostSamples:
     """Samples of a split that could not be read (skip_damaged_shards), for the run's log and metrics: the
     start-up check's, then those the stream reports in `batch["lost"]`, each damage counted once however many
     epochs meet it. Every rank reads every shard, so rank 0 sees every short shard; an undecodable sample is
-    seen only by the rank that reads it."""
+    seen only by the rank that reads it, so the training loop gathers the records of all ranks at each log."""
 
     def __init__(self, checked: SplitShards):
         self.seen: dict[tuple[str, str | None], int] = {}

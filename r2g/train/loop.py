@@ -16,7 +16,7 @@ import torch
 
 from r2g.config import RunConfig
 from r2g.data.loader import LostSamples, make_loader, split_shards
-from r2g.dist import init_distributed
+from r2g.dist import gather_objects, init_distributed
 from r2g.model.zero3_load import llm_elements_held
 from r2g.errors import R2GError
 from r2g.precision import Precision, resolve_precision
@@ -203,6 +203,7 @@ def run(cfg: RunConfig) -> dict:
 
     engine.train()
     step, loss_value = start_step, float("nan")
+    damage, gather_damage = [], world > 1 and cfg.data.skip_damaged_shards  # damage met since the last log
     while step < total_steps:
         loss_sum = 0.0
         for _ in range(t.grad_accum):
@@ -215,14 +216,18 @@ def run(cfg: RunConfig) -> dict:
             engine.step()
             loss_sum += loss.detach()
             meter.add(batch)
-            for note in filter(None, map(lost.note, batch.get("lost", ()))):  # --skip-damaged-shards only
-                log.print(f"[yellow]warning:[/] {note}")
+            damage += batch.get("lost", ())  # --skip-damaged-shards only
         step += 1
         loss_value = float(loss_sum) / t.grad_accum  # the mean over the step's micro-batches
         if not math.isfinite(loss_value):
             raise R2GError(f"loss is {loss_value} at step {step}; lower --lr or use --precision fp32")
 
         if step % t.log_every == 0 or step == total_steps:
+            if gather_damage:  # a sample that does not decode is met only by the rank that reads it
+                damage = [record for part in gather_objects(damage) for record in part]
+            for note in filter(None, map(lost.note, damage)):
+                log.print(f"[yellow]warning:[/] {note}")
+            damage = []
             record = {"epoch": epoch, "loss": loss_value, "lr": scheduler.get_last_lr()[0] if scheduler else t.lr,
                       **meter.read(), **({"lost_samples": lost.count} if lost.count else {})}
             status = f"loss {loss_value:.3f} lr {record['lr']:.2e} {record['samples_per_s']:.1f} samples/s {record['tokens_per_s']:.0f} tok/s"
