@@ -139,7 +139,8 @@ def test_eval_with_the_model_partitioned_over_two_ranks_gives_the_one_process_pr
     metrics = json.loads((tmp_path / "partitioned" / "metrics.json").read_text())
     held, total = metrics["inference"]["llm_weights_held_rank0"], metrics["inference"]["llm_weights_total"]
     assert metrics["inference"]["ranks"] == 2 and total // 2 <= held <= total // 2 + 64  # half, plus padding
-    assert json.loads((tmp_path / "whole" / "metrics.json").read_text())["inference"]["ranks"] == 1
+    one = json.loads((tmp_path / "whole" / "metrics.json").read_text())["inference"]
+    assert one["ranks"] == 1 and one["llm_weights_held_rank0"] == one["llm_weights_total"] == total
 
 
 def test_generate_writes_reports_and_rejects_unreadable_images(run_dir, assets, tmp_path):

@@ -114,13 +114,12 @@ def evaluate(plan: EvalPlan, on_batch: Callable[[int], None] | None = None) -> d
         rank, world, device = init_distributed()
     cfg, shards, split = folder.cfg, folder.cfg.data.shards, opts.split
     gen: GenerateConfig = replace(cfg.generate, **opts.generate)
-    held, total = None, None
-    if plan.ds:
+    if plan.ds:  # the engine stays alive while decoding: its hooks gather the partitioned layers
         engine, precision = load_partitioned_for_inference(folder, plan.ds, world, gen.batch_size, device)
         model = engine.module
-        held, total = llm_elements_held(model.llm)
     else:
         model, precision = load_for_inference(folder, device)
+    held, total = llm_elements_held(model.llm)
     device = next(model.parameters()).device
     data = dataclasses.replace(cfg.data, skip_damaged_shards=False)  # a score must cover the whole split
     loader, _, _ = make_loader(shards, split, data, gen.batch_size, train=False, rank=rank, world=world,
