@@ -282,6 +282,8 @@ LLM_HELP = "Base LLM folder, if not the one in r2g_config.json."
 VISION_WEIGHTS_HELP = "Base Swin weights (file or folder), if not the ones in r2g_config.json."
 CHECKPOINT_HELP = "Read weights from a DeepSpeed checkpoint tag (or 'latest') instead of trainable.safetensors."
 MISMATCH_HELP = "Go ahead when --llm's config differs from the trained one."
+DS_HELP = ("A ZeRO-3 config (ds_configs/zero3.json): the LLM is partitioned across the ranks of the launch "
+           "(deepspeed / torchrun), for an LLM one GPU cannot hold. Default: each rank holds the whole model.")
 
 
 def eval_command(
@@ -299,9 +301,7 @@ def eval_command(
     truncated_refs: bool = typer.Option(False, help="Compatibility only: score against references truncated to the token budget, as the reference code does (inflates scores)."),
     max_samples: int = typer.Option(0, help="Evaluate only the first N studies (0 = all)."),
     workers: int = typer.Option(2, help="Data-loader workers."),
-    ds: Optional[str] = typer.Option(None, "--ds", help="A ZeRO-3 config (ds_configs/zero3.json): the model is "
-                                     "partitioned across the ranks of the launch (deepspeed / torchrun), for an LLM "
-                                     "one GPU cannot hold. Default: each rank holds the whole model."),
+    ds: Optional[str] = typer.Option(None, "--ds", help=DS_HELP),
     local_rank: int = typer.Option(-1, "--local_rank", "--local-rank", hidden=True),
     **generation,
 ):
@@ -335,17 +335,33 @@ def generate(
     checkpoint: Optional[str] = typer.Option(None, help=CHECKPOINT_HELP),
     allow_llm_mismatch: bool = typer.Option(False, help=MISMATCH_HELP),
     out: Optional[Path] = typer.Option(None, help="Write JSONL (.jsonl) or plain text (one report per line)."),
+    ds: Optional[str] = typer.Option(None, "--ds", help=DS_HELP + " Every rank decodes every study; rank 0 writes."),
+    local_rank: int = typer.Option(-1, "--local_rank", "--local-rank", hidden=True),
     **generation,
 ):
     """Write reports for new chest X-ray images."""
     from r2g.eval.generate import collect_studies, generate_reports
-    from r2g.eval.reconstitute import load_for_inference, open_run
+    from r2g.eval.reconstitute import (load_for_inference, load_partitioned_for_inference, open_run,
+                                       partitioned_inference_config)
 
     # Every input checked before the model loads: each image decodes, the run folder and its base files exist.
     studies = collect_studies(inputs)
     run = open_run(ckpt, llm, vision_weights, checkpoint=checkpoint, allow_llm_mismatch=allow_llm_mismatch)
-    model, precision = load_for_inference(run)  # on the GPU when there is one, in the run's precision
-    results = generate_reports(model, precision, run.cfg, studies, config_overrides(generation).get("generate", {}))
+    gen = config_overrides(generation).get("generate", {})
+    if ds:
+        from r2g.config import replace
+        from r2g.dist import init_distributed
+
+        ds_config = partitioned_inference_config(run, ds)
+        rank, world, device = init_distributed()
+        batch_size = replace(run.cfg.generate, **gen).batch_size
+        engine, precision = load_partitioned_for_inference(run, ds_config, world, batch_size, device)
+        results = generate_reports(engine.module, precision, run.cfg, studies, gen, synced=world > 1)
+        if rank != 0:
+            return
+    else:
+        model, precision = load_for_inference(run)  # on the GPU when there is one, in the run's precision
+        results = generate_reports(model, precision, run.cfg, studies, gen)
     if out is None:
         for r in results:
             console.print(f"[bold]{' + '.join(r['images'])}[/]\n{r['report']}\n", highlight=False)

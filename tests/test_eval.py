@@ -120,17 +120,22 @@ def test_eval_command_writes_predictions_metrics_and_report(run_dir, assets, tmp
     assert rescored["BLEU_4"] == pytest.approx(metrics["BLEU_4"]) and rescored["CIDEr"] == pytest.approx(metrics["CIDEr"])
 
 
-def test_eval_with_the_model_partitioned_over_two_ranks_gives_the_one_process_predictions(run_dir, tmp_path):
+def launched(*args: str, procs: int = 2) -> subprocess.CompletedProcess:
+    """`r2g ARGS` on `procs` local ranks (torchrun)."""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
+              "--master_port", str(29000 + os.getpid() % 500), "-m", "r2g.cli"]
+    return subprocess.run([*launch, *args], capture_output=True, text=True, env=_env(), timeout=600, cwd=ROOT)
+
+
+def test_eval_and_generate_with_the_llm_partitioned_over_two_ranks_give_the_one_process_reports(run_dir, assets, tmp_path):
     """`--ds zero3.json` under a launcher: each rank holds half of the LLM, gathered layer by layer as the ranks
-    decode in step, and the reports are those of one process holding it whole (batch 1: no padding differs)."""
+    decode in step, and the reports are those of one process holding it whole (eval at batch 1, so that no
+    padding differs between the two ways of splitting the split)."""
     common = ("eval", "--ckpt", str(run_dir), "--no-meteor", "--workers", "1", "--gen-batch-size", "1",
               "--num-beams", "2", "--max-new-tokens", "6", "--min-new-tokens", "1")
     r = r2g(*common, "--out", str(tmp_path / "whole"))
     assert r.returncode == 0, r.stdout + r.stderr
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-              "--master_port", str(29000 + os.getpid() % 500), "-m", "r2g.cli"]
-    r = subprocess.run([*launch, *common, "--ds", "ds_configs/zero3.json", "--out", str(tmp_path / "partitioned")],
-                       capture_output=True, text=True, env=_env(), timeout=600, cwd=ROOT)
+    r = launched(*common, "--ds", "ds_configs/zero3.json", "--out", str(tmp_path / "partitioned"))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     whole, partitioned = ([json.loads(line) for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
                           for name in ("whole", "partitioned"))
@@ -141,6 +146,14 @@ def test_eval_with_the_model_partitioned_over_two_ranks_gives_the_one_process_pr
     assert metrics["inference"]["ranks"] == 2 and total // 2 <= held <= total // 2 + 64  # half, plus padding
     one = json.loads((tmp_path / "whole" / "metrics.json").read_text())["inference"]
     assert one["ranks"] == 1 and one["llm_weights_held_rank0"] == one["llm_weights_total"] == total
+
+    common = ("generate", "--ckpt", str(run_dir), image(assets, 1), image(assets, 2), "--num-beams", "2",
+              "--max-new-tokens", "6", "--min-new-tokens", "1")
+    r = r2g(*common, "--out", str(tmp_path / "whole.jsonl"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = launched(*common, "--ds", "ds_configs/zero3.json", "--out", str(tmp_path / "partitioned.jsonl"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (tmp_path / "partitioned.jsonl").read_text() == (tmp_path / "whole.jsonl").read_text()
 
 
 def test_generate_writes_reports_and_rejects_unreadable_images(run_dir, assets, tmp_path):
@@ -282,6 +295,7 @@ def test_bad_inputs_fail_before_any_model_loads(run_dir, assets, tmp_path, monke
         (("eval", *ckpt, "--ds", tmp_path / "no-ds.json"), "no-ds.json: DeepSpeed config not found"),
         (("eval", *ckpt, "--ds", "ds_configs/zero2.json"), "needs ZeRO-3"),
         (("eval", "--ckpt", mixed, "--ds", "ds_configs/zero3.json"), "trained in bf16-mixed"),
+        (("generate", *ckpt, image(assets), "--ds", "ds_configs/zero2.json"), "needs ZeRO-3"),
     ]
     for args, message in cases:
         r = r2g_here(*args)

@@ -57,9 +57,10 @@ def load_view(path: Path, transform) -> torch.Tensor:
 
 
 def generate_reports(model, precision: Precision, cfg: RunConfig, studies: list[list[Path]],
-                     gen_overrides: dict | None = None) -> list[dict]:
+                     gen_overrides: dict | None = None, synced: bool = False) -> list[dict]:
     """[{"images": [paths], "report": text}] for each study, in order, by `model` and its `precision` as
-    r2g.eval.reconstitute.load_for_inference returns them."""
+    r2g.eval.reconstitute.load_for_inference returns them. `synced`: the model is partitioned by ZeRO-3 and every
+    rank runs this on the same studies, stepping together until all ranks' beams are done."""
     device = next(model.parameters()).device
     gen = replace(cfg.generate, **(gen_overrides or {}))
     transform = image_transform(cfg.data.image_size)
@@ -72,6 +73,7 @@ def generate_reports(model, precision: Precision, cfg: RunConfig, studies: list[
             for i, paths in enumerate(chunk)
         ])
         with precision.autocast(device):
-            reports = model.generate(batch["images"].to(device, precision.input_dtype), batch["view_mask"].to(device), gen)
+            reports = model.generate(batch["images"].to(device, precision.input_dtype), batch["view_mask"].to(device), gen,
+                                     synced_gpus=synced)
         results += [{"images": [str(p) for p in paths], "report": r} for paths, r in zip(chunk, reports)]
     return results

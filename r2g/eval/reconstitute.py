@@ -153,13 +153,26 @@ def load_for_inference(folder: RunFolder, device: torch.device | None = None):
     return model.to(device).eval(), precision
 
 
+def partitioned_inference_config(folder: RunFolder, ds_path: str | Path) -> dict:
+    """The ZeRO-3 config at `ds_path` (eval's and generate's --ds) for decoding `folder`'s run with its LLM
+    partitioned; checked, with the run, before any model loads."""
+    from r2g.ds_config import load_inference_ds_config
+
+    ds = load_inference_ds_config(ds_path)
+    if folder.cfg.train.precision == "bf16-mixed":
+        # ZeRO-3 holds every parameter in one dtype: the fp32 trainables beside the bf16 LLM cannot be kept.
+        raise R2GError(f"{folder.path} trained in bf16-mixed (LLM bf16, trainables fp32), which ZeRO-3 cannot "
+                       "hold; run it without --ds (each rank then holds the whole model)")
+    return ds
+
+
 def load_partitioned_for_inference(folder: RunFolder, ds: dict, world: int, batch_size: int,
                                    device: torch.device | None = None):
     """`load_for_inference` for an LLM one device cannot hold: (a DeepSpeed ZeRO-3 engine whose `.module` is the
     model, its Precision). The LLM loads partitioned, each of the `world` ranks reading only its share of the
     checkpoint (r2g/model/zero3_load.py); the engine gathers each layer for its forward pass, so every rank must
     run every forward pass (decode's `synced`). Keep the engine alive while generating: its hooks do the
-    gathering. `ds` comes from r2g.ds_config.load_inference_ds_config."""
+    gathering. `ds` comes from `partitioned_inference_config`."""
     import deepspeed
     from transformers.integrations import HfDeepSpeedConfig
 

@@ -21,9 +21,9 @@ from typing import Any
 
 from r2g.config import GenerateConfig, replace
 from r2g.data.loader import SplitShards, make_loader, split_shards, study_images
-from r2g.errors import R2GError
 from r2g.eval.decode import decode, per_rank_limit
-from r2g.eval.reconstitute import RunFolder, load_for_inference, load_partitioned_for_inference, open_run
+from r2g.eval.reconstitute import (RunFolder, load_for_inference, load_partitioned_for_inference, open_run,
+                                  partitioned_inference_config)
 from r2g.model.zero3_load import llm_elements_held
 
 
@@ -87,15 +87,7 @@ def prepare(run: str | Path, opts: EvalOptions = EvalOptions()) -> EvalPlan:
     # The labeler runs only after generation, but loading is what checks it (CheXbert's pickle, its weights):
     # load it now, once, and score with this one.
     label = load_labeler(opts.labeler, opts.labeler_weights)
-    ds = None
-    if opts.ds:
-        from r2g.ds_config import load_inference_ds_config
-
-        ds = load_inference_ds_config(opts.ds)
-        if folder.cfg.train.precision == "bf16-mixed":
-            # ZeRO-3 holds every parameter in one dtype: the fp32 trainables beside the bf16 LLM cannot be kept.
-            raise R2GError(f"{folder.path} trained in bf16-mixed (LLM bf16, trainables fp32), which ZeRO-3 cannot "
-                           "hold; evaluate it without --ds (each rank then holds the whole model)")
+    ds = partitioned_inference_config(folder, opts.ds) if opts.ds else None
     total = checked.samples
     return EvalPlan(folder, opts, checked, min(total, opts.max_samples) if opts.max_samples else total, label, ds)
 
