@@ -241,30 +241,20 @@ def launch(args: list[str], ranks: int, port: int, lines: dict[str, str], log: P
 
 
 def generate_worker(run: str, max_new_tokens: int) -> None:
-    """Under the launcher: the run reconstituted with its LLM loaded partitioned, one report per rank."""
-    import deepspeed
+    """Under the launcher: the run reconstituted with its LLM loaded partitioned (as `r2g eval --ds` and
+    `r2g generate --ds` do it), one report per rank."""
     import torch
-    from transformers.integrations import HfDeepSpeedConfig
 
     from r2g.config import replace
     from r2g.data.loader import make_loader
     from r2g.dist import close_distributed, init_distributed
     from r2g.eval.decode import decode
-    from r2g.eval.reconstitute import open_run, trained_weights
-    from r2g.model.r2gen import build_model
-    from r2g.precision import resolve_precision
+    from r2g.eval.reconstitute import load_partitioned_for_inference, open_run, partitioned_inference_config
 
     rank, world, device = init_distributed()
     folder = open_run(run)
-    precision = resolve_precision("bf16", device, zero_stage=3)
-    ds = json.loads((Path(run).parent / "zero3-lean.json").read_text())
-    for key in ("optimizer", "scheduler", "gradient_accumulation_steps", "gradient_clipping"):
-        ds.pop(key)  # inference: no optimizer, and no "auto" left unfilled
-    ds.update(train_micro_batch_size_per_gpu=1, bf16={"enabled": True}, data_types={"buffer_dtype": "bf16"})
-    hf_ds = HfDeepSpeedConfig(ds)  # noqa: F841  (kept alive: the LLM loads partitioned)
-    model = build_model(folder.cfg.model, dtype=precision.llm_dtype)
-    model.load_trainable_state_dict(trained_weights(folder))
-    engine = deepspeed.initialize(model=model.eval(), config=ds)[0]
+    ds = partitioned_inference_config(folder, Path(run).parent / "zero3-lean.json")
+    engine, precision = load_partitioned_for_inference(folder, ds, world, batch_size=1, device=device)
     print(f"reconstituted: rank {rank} of {world}", flush=True)
     gen = replace(folder.cfg.generate, num_beams=1, min_new_tokens=1, max_new_tokens=max_new_tokens, batch_size=1)
     loader, _, _ = make_loader(folder.cfg.data.shards, "test", folder.cfg.data, 1, train=False, rank=rank, world=world,
