@@ -161,7 +161,7 @@ class TrainConfig(_Checked):
                          "per epoch down to --min-lr, no warmup.")
     warmup_steps: int = setting(100, "Warmup optimizer steps (warmup_cosine).")
     min_lr: float = setting(1e-6, "Final learning rate of epoch_cosine.")
-    weight_decay: float = setting(0.05, "AdamW weight decay.")
+    weight_decay: float = setting(0.01, "AdamW weight decay (the reference's: torch's AdamW default).")
     grad_clip: float = setting(1.0, "Gradient-norm clipping; 0 = none.")
     seed: int = setting(42, "Seed for initialisation, shuffling and dropout.")
     precision: Precision = setting(
