@@ -100,7 +100,8 @@ def evaluate(plan: EvalPlan, on_batch: Callable[[int], None] | None = None) -> d
 
     folder, opts, run = plan.run, plan.opts, plan.run.path
     rank, world, device = 0, 1, None
-    if "RANK" in os.environ or plan.ds:  # launched by deepspeed / torchrun: split the set across ranks
+    # Launched by deepspeed / torchrun: split the set across ranks. (--ds needs a process group even alone.)
+    if "RANK" in os.environ or plan.ds:
         from r2g.dist import init_distributed
 
         rank, world, device = init_distributed()
