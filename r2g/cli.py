@@ -491,15 +491,16 @@ def plan(
 
 def main() -> None:
     try:
-        app()  # Click ends even a successful command with SystemExit(0)
-    except R2GError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        try:
+            app()  # Click ends even a successful command with SystemExit(0)
+        except R2GError as e:
+            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            sys.exit(2)
     except SystemExit as e:
-        if not e.code and "torch" in sys.modules:  # a command that succeeded and may have opened a process group
+        if "torch" in sys.modules:  # the command may have opened a process group
             from r2g.dist import close_distributed
 
-            close_distributed()
+            close_distributed(failed=bool(e.code))
         raise
 
 

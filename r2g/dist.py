@@ -31,12 +31,15 @@ def init_distributed() -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
-def close_distributed() -> None:
-    """Tear the process group down at the end of a command that succeeded. Left to interpreter exit, gloo's worker
-    threads can be destroyed while still joinable and abort the process ("terminate called without an active
-    exception", pytorch#190489): a finished run would exit with SIGABRT. Not after a failure: another rank may
-    still wait in a collective, and destroying the group under it can hang."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+def close_distributed(failed: bool = False) -> None:
+    """Tear the process group down at the end of a command. Left to interpreter exit, gloo's worker threads can be
+    destroyed while still joinable and abort the process ("terminate called without an active exception",
+    pytorch#190489): a finished run would exit with SIGABRT, a failed one with it instead of its own status. After
+    a failure only a world of one: another rank may still wait in a collective, and destroying the group under it
+    can hang."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if not failed or torch.distributed.get_world_size() == 1:
         torch.distributed.destroy_process_group()
 
 

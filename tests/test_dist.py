@@ -1,5 +1,6 @@
-"""Process-group teardown (r2g/dist.py, r2g/cli.py main): a command that succeeded destroys its group, so gloo's
-threads cannot abort the process at interpreter exit; one that failed leaves it, as destroying can hang."""
+"""Process-group teardown (r2g/dist.py, r2g/cli.py main): a command destroys its group before the interpreter
+exits, so gloo's threads cannot abort the process; after a failure only a world of one, as destroying a larger
+one can hang."""
 
 from __future__ import annotations
 
@@ -8,30 +9,43 @@ import torch
 
 import r2g.cli
 from r2g.dist import close_distributed, init_distributed
+from r2g.errors import R2GError
 
 
 @pytest.fixture
-def world_of_one(monkeypatch):
-    """`r2g.cli.app` replaced by a command that opens a one-process gloo group and exits with the given code."""
+def command(monkeypatch):
+    """`command(end)`: `r2g.cli.app` replaced by a command that opens a one-process gloo group and then ends with
+    `end` (an exception); the group is torn down after the test whatever main did."""
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)  # init_distributed sets them: undone after the test
     assert not torch.distributed.is_initialized()
 
-    def command_exiting_with(code: int):
+    def ending_with(end: BaseException):
         def app():
             init_distributed()
             assert torch.distributed.is_initialized()
-            raise SystemExit(code)  # how Click ends every command
+            raise end
         monkeypatch.setattr(r2g.cli, "app", app)
 
-    yield command_exiting_with
-    close_distributed()
+    yield ending_with
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
-@pytest.mark.parametrize("code, closed", [(0, True), (1, False)])
-def test_main_closes_the_process_group_only_after_success(world_of_one, code: int, closed: bool):
-    world_of_one(code)
+@pytest.mark.parametrize("end, code", [(SystemExit(0), 0), (SystemExit(1), 1), (R2GError("bad input"), 2)])
+def test_main_closes_a_world_of_one_however_the_command_ends(command, end, code: int):
+    command(end)  # SystemExit(0): how Click ends a command that succeeded
     with pytest.raises(SystemExit) as exit_:
         r2g.cli.main()
-    assert exit_.value.code == code
-    assert torch.distributed.is_initialized() is not closed
+    assert exit_.value.code == code and not torch.distributed.is_initialized()
+
+
+def test_after_a_failure_a_larger_world_is_left_alone(command, monkeypatch):
+    """Another rank may still wait in a collective: destroying the group under it could hang."""
+    command(SystemExit(1))
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda *a, **k: 2)
+    with pytest.raises(SystemExit):
+        r2g.cli.main()
+    assert torch.distributed.is_initialized()
+    close_distributed()  # success tears down any world
+    assert not torch.distributed.is_initialized()
