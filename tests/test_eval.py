@@ -5,7 +5,6 @@ before any model loads)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from typer.testing import CliRunner
 from r2g import cli
 from r2g.config import DataConfig, ModelConfig, RunConfig
 from r2g.demo.toys import TINY_VISION_KWARGS
+from r2g.dist import free_port
 from r2g.errors import R2GError
 from r2g.eval import generate as generate_module
 from r2g.eval import reconstitute as reconstitute_module
@@ -123,7 +123,7 @@ def test_eval_command_writes_predictions_metrics_and_report(run_dir, assets, tmp
 def launched(*args: str, procs: int = 2) -> subprocess.CompletedProcess:
     """`r2g ARGS` on `procs` local ranks (torchrun)."""
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
-              "--master_port", str(29000 + os.getpid() % 500), "-m", "r2g.cli"]
+              "--master_port", str(free_port()), "-m", "r2g.cli"]
     return subprocess.run([*launch, *args], capture_output=True, text=True, env=_env(), timeout=600, cwd=ROOT)
 
 

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from r2g.config import RunConfig
 from r2g.demo.toys import TINY_VISION_KWARGS
+from r2g.dist import free_port
 
 from .damage import spoil_image
 
@@ -47,8 +48,7 @@ def train(assets: Path, out: Path, *extra: str, procs: int = 1, check: bool = Tr
     if procs == 1:
         cmd = [sys.executable, str(ROOT / "cli" / "train.py")]
     else:
-        port = str(29500 + os.getpid() % 1000)
-        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(procs), "--master_port", port,
+        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(procs), "--master_port", str(free_port()),
                str(ROOT / "cli" / "train.py")]
     result = subprocess.run(cmd + _args(assets, out, *extra), capture_output=True, text=True, env=_env(), timeout=600)
     if check and result.returncode != 0:

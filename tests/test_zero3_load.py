@@ -12,6 +12,7 @@ import torch
 import torch.multiprocessing as mp
 
 from r2g.demo.toys import write_tiny_llm
+from r2g.dist import free_port
 from r2g.errors import R2GError
 from r2g.model.zero3_load import stored_tensors
 
@@ -96,7 +97,7 @@ def test_each_rank_loads_only_its_share_and_the_logits_match_a_plain_load(llm_fo
     folder, bad, tied = llm_folders
     assert (folder / "model.safetensors.index.json").is_file() and len(list(folder.glob("*.safetensors"))) >= 3
     assert "lm_head.weight" not in stored_tensors(tied)  # one tensor for both embeddings
-    mp.spawn(_worker, args=(world, 29400 + os.getpid() % 500 + world, str(folder), str(bad), str(tied)), nprocs=world)
+    mp.spawn(_worker, args=(world, free_port(), str(folder), str(bad), str(tied)), nprocs=world)
 
 
 def test_a_folder_without_safetensors_weights_is_a_clear_error(tmp_path: Path):
