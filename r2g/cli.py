@@ -321,6 +321,10 @@ def eval_command(
         metrics = evaluate(plan, on_batch=lambda n: bar.advance(task, n))
     if metrics:
         print_metrics(metrics, f"{ckpt.name} on {split} ({metrics['studies']} studies)")
+        held = metrics["inference"]
+        if held["ds"]:
+            console.print(f"LLM partitioned over {held['ranks']} rank(s): rank 0 held {held['llm_weights_held_rank0']:,} "
+                          f"of {held['llm_weights_total']:,} weights")
         console.print("files: " + ", ".join(metrics["files"].values()))
 
 

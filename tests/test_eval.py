@@ -137,6 +137,7 @@ def test_eval_and_generate_with_the_llm_partitioned_over_two_ranks_give_the_one_
     assert r.returncode == 0, r.stdout + r.stderr
     r = launched(*common, "--ds", "ds_configs/zero3.json", "--out", str(tmp_path / "partitioned"))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "LLM partitioned over 2 rank(s): rank 0 held" in r.stdout
     whole, partitioned = ([json.loads(line) for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
                           for name in ("whole", "partitioned"))
     assert [row["id"] for row in partitioned] == ["s0030", "s0031", "s0032", "s0033"]
