@@ -13,24 +13,30 @@ def _member(path: Path, first_of: str) -> tarfile.TarInfo:
         return next(m for m in tar.getmembers() if m.name.startswith(first_of))
 
 
-def _patch(path: Path, offset: int, change) -> None:
+def _xor_byte(path: Path, offset: int, mask: int) -> None:
     data = bytearray(path.read_bytes())
-    change(data, offset)
+    data[offset] ^= mask
+    path.write_bytes(bytes(data))
+
+
+def _overwrite(path: Path, offset: int, new: bytes) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset : offset + len(new)] = new
     path.write_bytes(bytes(data))
 
 
 def break_header(path: Path, key: str) -> None:
     """Corrupt the header of sample `key`'s first member: tarfile quietly ends the archive there, so the shard
     ends early and only a per-shard count as it streams can tell."""
-    _patch(path, _member(path, f"{key}.").offset + 3, lambda data, at: data.__setitem__(at, data[at] ^ 0xFF))
+    _xor_byte(path, _member(path, f"{key}.").offset + 3, 0xFF)
 
 
 def spoil_image(path: Path, member: str) -> None:
     """Overwrite the PNG signature of `member` (e.g. s0003.0.png): the archive reads, the image does not decode."""
-    _patch(path, _member(path, member).offset_data, lambda data, at: data.__setitem__(slice(at, at + 8), b"garbage!"))
+    _overwrite(path, _member(path, member).offset_data, b"garbage!")
 
 
 def flip_bit(path: Path, member: str) -> None:
     """Flip one bit in the middle of `member`'s data: everything still reads; only a checksum can tell."""
     info = _member(path, member)
-    _patch(path, info.offset_data + info.size // 2, lambda data, at: data.__setitem__(at, data[at] ^ 0x01))
+    _xor_byte(path, info.offset_data + info.size // 2, 0x01)
