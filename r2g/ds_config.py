@@ -1,4 +1,5 @@
-"""Load a DeepSpeed JSON config and fill its "auto" values from the r2g config.
+"""Load a DeepSpeed JSON config and fill its "auto" values from the r2g config (training), or make a ZeRO-3
+config fit for decoding with the model partitioned (`r2g eval` / `r2g generate --ds`).
 
 A concrete value in the JSON that contradicts the CLI is an error naming both, so a run never trains with
 a batch size or learning rate other than the one its r2g_config.json records.
@@ -94,12 +95,12 @@ def _bf16_buffers(ds: dict, bf16: bool) -> None:
 
 
 def load_inference_ds_config(path: str | Path) -> dict:
-    """The ZeRO-3 config at `path`, for evaluating with the model partitioned across ranks. Only ZeRO-3
+    """The ZeRO-3 config at `path`, for decoding with the model partitioned across ranks. Only ZeRO-3
     partitions weights (stages 1 and 2 partition optimizer state, which inference has none of), so any other
     stage is an error."""
     ds = load_ds_config(path)
     if zero_stage(ds) != 3:
-        raise R2GError(f"{find_ds_config(path)}: --ds partitions the model for evaluation, which needs ZeRO-3 "
+        raise R2GError(f"{find_ds_config(path)}: --ds partitions the model for eval and generate, which needs ZeRO-3 "
                        f"(zero_optimization.stage 3, as in ds_configs/zero3.json); this config has stage "
                        f"{zero_stage(ds)}. Without --ds every rank holds the whole model.")
     return ds

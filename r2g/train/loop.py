@@ -17,11 +17,11 @@ import torch
 from r2g.config import RunConfig
 from r2g.data.loader import LostSamples, make_loader, split_shards
 from r2g.dist import gather_objects, init_distributed
-from r2g.model.zero3_load import llm_elements_held
+from r2g.ds_config import fill_ds_config, load_ds_config, zero_stage
 from r2g.errors import R2GError
+from r2g.model.zero3_load import llm_elements_held
 from r2g.precision import Precision, resolve_precision
 from r2g.train.checkpoint import export_trainable, gather_trainable, resume, save_resumable, write_run_config
-from r2g.ds_config import fill_ds_config, load_ds_config, zero_stage
 from r2g.train.logger import RunLogger
 from r2g.train.validate import check_select_metric, selection_value, validate
 
