@@ -3,6 +3,11 @@
     python bench/llm7b_zero3.py                        # 7B, 2 ranks, folder deleted afterwards
     python bench/llm7b_zero3.py --size 1b --ranks 1    # ~0.94B (hidden 2048, 16 layers), one process
     python bench/llm7b_zero3.py --keep                 # keep the written LLM folder for a rerun
+    python bench/llm7b_zero3.py --dry-run              # say what would be written and where, then stop
+
+Everything goes to --work (default: runs/llm7b_zero3 in this checkout, gitignored): the LLM folder (7b: 13.48 GB,
+1b: 1.88 GB, tiny: 0.01 GB; the bench says the size and the free space before writing and stops if it does not
+fit), tiny shards, the run (checkpoint 0.05 GB at 7b), logs and results-SIZE-RANKSr.json.
 
 1. Writes a local HF folder with Llama-2-7B's config (hidden 4096, 32 layers, 32 heads, intermediate 11008,
    vocab 32000, rms eps 1e-5) and random bf16 weights as ~1 GB safetensors shards with an index, one shard
@@ -35,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.memory import proc_status  # noqa: E402
+from bench.provenance import announce_write, start, work_dir, write_json  # noqa: E402
 
 # Llama-2-7B's config.json, a ~1B model of the same family (the size of shared/notes/zero3-loading.md), and a
 # tiny one (the tests' size, with the 32000-row vocabulary) for a quick check of the script itself.
@@ -48,26 +54,50 @@ REPORT = "The heart is normal in size. The lungs are clear. No pleural effusion 
 GEN_MARK = "--generate-worker"
 
 
-def llama_config(size: str, tokenizer):
+def llama_config(size: str, tokenizer=None):
     from transformers import LlamaConfig
 
     dims = SIZES[size]
+    ids = {f"{k}_token_id": getattr(tokenizer, f"{k}_token_id", None) for k in ("bos", "eos", "pad")}
     return LlamaConfig(
         vocab_size=32000, num_key_value_heads=dims["num_attention_heads"], hidden_act="silu",
         max_position_embeddings=4096, initializer_range=0.02, rms_norm_eps=1e-5, tie_word_embeddings=False,
-        attention_bias=False, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, dtype="bfloat16", **dims,
+        attention_bias=False, dtype="bfloat16", **ids, **dims,
     )
 
 
-def write_llm(folder: Path, size: str) -> int:
-    """Random bf16 Llama weights, ~1 GB per shard, written shard by shard; returns the parameter count."""
-    done = folder / "complete.json"
-    if done.is_file() and json.loads(done.read_text())["size"] == size:
-        return json.loads(done.read_text())["params"]
+def llm_shapes(size: str) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the LLM's parameters (from a meta-device model: nothing allocated)."""
     import torch  # only here: the sampling parent of a rerun stays small
-    from safetensors.torch import save_file
     from transformers import LlamaForCausalLM
+
+    with torch.device("meta"):
+        return {n: tuple(p.shape) for n, p in LlamaForCausalLM(llama_config(size)).named_parameters()}
+
+
+def llm_bytes(size: str) -> int:
+    """Bytes of the LLM's bf16 weights, what `write_llm` writes (plus a few kB of config and tokenizer), from the
+    dimensions alone, so that a dry run need not import torch: untied embedding and head (V x h each); per layer
+    q, k, v, o (h x h: as many key/value heads as heads), gate, up, down (h x i) and two norms; the final norm.
+    `write_llm` checks it against the model's own parameters."""
+    d, vocab = SIZES[size], 32000
+    h, i = d["hidden_size"], d["intermediate_size"]
+    return 2 * (2 * vocab * h + d["num_hidden_layers"] * (4 * h * h + 3 * h * i + 2 * h) + h)
+
+
+def llm_written(folder: Path, size: str) -> bool:
+    done = folder / "complete.json"
+    return done.is_file() and json.loads(done.read_text())["size"] == size
+
+
+def write_llm(folder: Path, size: str) -> int:
+    """Random bf16 Llama weights, ~1 GB per shard, written shard by shard; returns the parameter count.
+    The caller announces the write (`llm_bytes`); a complete folder of the same size is reused."""
+    done = folder / "complete.json"
+    if llm_written(folder, size):
+        return json.loads(done.read_text())["params"]
+    import torch
+    from safetensors.torch import save_file
 
     from r2g.demo.tiny_lm import train_tokenizer
 
@@ -77,8 +107,9 @@ def write_llm(folder: Path, size: str) -> int:
     # Padded with placeholder tokens to Llama-2's 32000, so whatever id the random model emits decodes to text.
     tokenizer.add_tokens([f"<unused_{i}>" for i in range(32000 - len(tokenizer))])
     config = llama_config(size, tokenizer)
-    with torch.device("meta"):  # names and shapes only
-        shapes = {n: tuple(p.shape) for n, p in LlamaForCausalLM(config).named_parameters()}
+    shapes = llm_shapes(size)
+    if sum(2 * torch.Size(s).numel() for s in shapes.values()) != llm_bytes(size):  # what was announced
+        raise RuntimeError(f"llm_bytes({size!r}) disagrees with the parameters of llama_config({size!r})")
     shards, current, used = [], [], 0
     for name, shape in shapes.items():
         nbytes = 2 * torch.Size(shape).numel()
@@ -276,7 +307,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="7b")
     ap.add_argument("--ranks", type=int, choices=(1, 2), default=2)
-    ap.add_argument("--work", type=Path, default=Path("/work/big/llm_zero3"), help="where the LLM, data and run go")
+    ap.add_argument("--work", type=Path, default=work_dir("llm7b_zero3"),
+                    help="where the LLM, data, run and results go (default: %(default)s)")
+    ap.add_argument("--dry-run", action="store_true", help="say what would be written and where, then stop")
     ap.add_argument("--keep", action="store_true", help="keep the written LLM folder (reused by the next run)")
     ap.add_argument("--max-new-tokens", type=int, default=8)
     ap.add_argument("--json", type=Path, default=None, help="results file (default: WORK/results-SIZE-RANKSr.json)")
@@ -286,12 +319,20 @@ def main() -> None:
     if a.generate_worker:
         return generate_worker(a.generate_worker, a.max_new_tokens)
 
+    provenance = start()
     tag = f"{a.size}-{a.ranks}r"
     llm, run = a.work / f"llm-{a.size}", a.work / f"run-{tag}"
     out_json = a.json or a.work / f"results-{tag}.json"
+    if llm_written(llm, a.size):
+        print(f"[bench] reusing the {a.size} LLM in {llm}")
+    else:
+        announce_write(f"the {a.size} LLM (random bf16 weights)", llm_bytes(a.size), llm)
+    print(f"[bench] shards, run, logs and results (under 0.1 GB) go to {a.work}; results to {out_json}", flush=True)
+    if a.dry_run:
+        return
     shutil.rmtree(run, ignore_errors=True)
     a.work.mkdir(parents=True, exist_ok=True)
-    result = {"date": "2026-11-30", "device": "2-core CPU, 24 GiB", "size": a.size, "ranks": a.ranks,
+    result = {"size": a.size, "ranks": a.ranks, "work": str(a.work),
               "precision": "bf16", "zero": 3, "mode": "shallow", "vision": "swin_base_patch4_window7_224 @ 224 px (random)",
               "micro_batch": 1, "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_", str(1 << 20))}
     t = time.perf_counter()
@@ -336,7 +377,7 @@ def main() -> None:
     if not a.keep:
         shutil.rmtree(llm)
         result["llm_folder_deleted"] = True
-    out_json.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(out_json, result, provenance)
     print(json.dumps(result, indent=1))
     print(f"written: {out_json}")
 
