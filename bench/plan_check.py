@@ -3,6 +3,11 @@
     python bench/plan_check.py                      # every case below (~25 min on 2 shared cores, <= ~8 GB at a time)
     python bench/plan_check.py --cases tiny-delta-z2-1,tiny-delta-z2-2
     python bench/plan_check.py --json out.json
+    python bench/plan_check.py --dry-run            # say what would be written and where, then stop
+
+Work folder (--work, default runs/plan_check in this checkout, gitignored; kept for reruns): the LLM folders
+(tiny 0.01 GB, 05b 1.10 GB, 1b 1.88 GB of bf16 weights; each size said with the free space before it is written),
+shards of 60 studies, and one run folder per case with its checkpoint.
 
 Each case trains 2 steps through the real entry point (`r2g train`, fp32 as on any CPU, --workers 0,
 no validation) on 1 rank (plain python) or 2 ranks (torchrun), Swin-B at 224 px from random weights, a Llama
@@ -46,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.memory import proc_status, reset_peak  # noqa: E402
+from bench.provenance import announce_write, start, work_dir, write_json  # noqa: E402
 
 WORKER = "--worker"
 # name: (LLM size of bench/llm7b_zero3.py, mode, DeepSpeed config, ranks, micro-batch, --grad-ckpt)
@@ -173,6 +179,18 @@ def prepare(work: Path) -> Path:
     return shards
 
 
+def announce_llms(names: list[str], work: Path) -> None:
+    """Say which LLM folders the cases will write (size and place) before anything is written."""
+    from bench.llm7b_zero3 import SIZES, llm_bytes, llm_written
+
+    SIZES.setdefault("05b", HALF_B)
+    for size in dict.fromkeys(CASES[name][0] for name in names):
+        if llm_written(work / f"llm-{size}", size):
+            print(f"[bench] reusing the {size} LLM in {work / f'llm-{size}'}")
+        else:
+            announce_write(f"the {size} LLM (random bf16 weights)", llm_bytes(size), work / f"llm-{size}")
+
+
 def run_case(name: str, work: Path, shards: Path, port: int, reuse: bool) -> dict:
     from bench.llm7b_zero3 import SIZES, cpu_rank_env, write_llm
 
@@ -249,22 +267,33 @@ def main() -> None:
         return worker(Path(sys.argv[2]), sys.argv[split + 1:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
-    ap.add_argument("--work", default="/tmp/r2g_plan_check", help="LLM folders, shards and runs (kept for reruns)")
+    ap.add_argument("--work", default=str(work_dir("plan_check")),
+                    help="LLM folders, shards and runs, kept for reruns (default: %(default)s)")
     ap.add_argument("--port", type=int, default=29533)
     ap.add_argument("--json", help="also write the rows to this file")
     ap.add_argument("--reuse", action="store_true", help="summarise a case's earlier records instead of rerunning it")
+    ap.add_argument("--dry-run", action="store_true", help="say what would be written and where, then stop")
     args = ap.parse_args()
+    names = args.cases.split(",")
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        ap.error(f"--cases: unknown {', '.join(unknown)}; choose from {', '.join(CASES)}")
+    provenance = start()
     work = Path(args.work)
+    announce_llms(names, work)
+    print(f"[bench] shards and run folders go to {work}", flush=True)
+    if args.dry_run:
+        return
     shards = prepare(work)
     rows = []
-    for name in args.cases.split(","):
+    for name in names:
         rows.append(with_plan(run_case(name, work, shards, args.port, args.reuse)))
         r = rows[-1]
         print(f"{name}: {r['seconds']:.0f} s, measured total {r['measured_total'] / GB:.2f} GB vs plan "
               f"{r['plan_total'] / GB:.2f} GB ({r['total_error']:+.0%}); states {r['measured_states'] / GB:.2f} vs "
               f"{r['plan_states'] / GB:.2f} ({r['states_error']:+.0%})", flush=True)
         if args.json:
-            Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+            write_json(args.json, rows, provenance)
     print_table(rows)
 
 
