@@ -15,6 +15,9 @@ prompt and labels built once, as the loader's workers build them off the step. E
 (100 tokens, eos included), so the sequence length is MIMIC-CXR's worst case. Prints micro-batch, sequence
 length, median step time, samples/s, tokens/s, model TFLOP/s per GPU (r2g/model/flops.py), MFU against the
 GPU's dense bf16 peak (none on CPU), peak GPU memory and trainable parameters: a JSON object, then a table.
+
+Output: a provenance header first (bench/provenance.py), the JSON and table, and the same JSON with the header
+in --json. Nothing else is kept: the overhead run's tiny LLM goes to a system temp folder, deleted at the end.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.provenance import start, write_json  # noqa: E402
 from r2g.config import ModelConfig, RunConfig, TrainConfig  # noqa: E402
 
 
@@ -263,8 +267,9 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=6, help="per-mode bench: studies per step (the paper's 6)")
     ap.add_argument("--warmup", type=int, default=3, help="per-mode bench: untimed steps first")
     ap.add_argument("--grad-ckpt", action="store_true", help="per-mode bench: with activation checkpointing")
-    ap.add_argument("--json", help="also write the JSON result to this file")
+    ap.add_argument("--json", help="also write the JSON result, with the provenance header, to this file")
     args = ap.parse_args()
+    provenance = start()
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
     if args.llm_shapes:
         result = modes_bench(args.llm_shapes, args.micro_batch, args.steps, args.warmup, args.grad_ckpt)
@@ -276,7 +281,7 @@ def main() -> None:
         print(f"r2g step {result['r2g_median_s'] * 1e3:.1f} ms vs bare {result['bare_median_s'] * 1e3:.1f} ms: "
               f"ratio {result['ratio']:.2f} (target <= {result['target']:.2f})")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result, provenance)
     from r2g.dist import close_distributed
 
     close_distributed()
