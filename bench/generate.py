@@ -33,6 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.provenance import start, write_json  # noqa: E402
 from r2g.config import GenerateConfig, replace  # noqa: E402
 from r2g.eval.reconstitute import inference_placement, load_for_inference, open_run  # noqa: E402
 
@@ -184,13 +185,14 @@ def main() -> None:
     ap.add_argument("--ckpt", help="a run folder (r2g_config.json + trainable.safetensors) instead of the tiny model")
     ap.add_argument("--shards", help="with --ckpt: real images from this shard folder (default: random pixels)")
     ap.add_argument("--split", default="test")
-    ap.add_argument("--json", help="also write the JSON result to this file")
+    ap.add_argument("--json", help="also write the JSON result, with the provenance header, to this file")
     args = ap.parse_args()
+    provenance = start()
     result = bench(args)
     print(json.dumps(result, indent=2))
     print_result(result)
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result, provenance)
 
 
 if __name__ == "__main__":
