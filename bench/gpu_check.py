@@ -18,7 +18,6 @@ Writes gpu_check.json and gpu_check.md into --out and prints the markdown.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.provenance import header, start, work_dir, write_json  # noqa: E402
 
 GIB = 2**30
 
@@ -75,9 +76,9 @@ def generation(s, reports: int, batch_size: int, new_tokens: int) -> dict:
     return {**result, "num_beams": gen.num_beams, "new_tokens": new_tokens}
 
 
-def markdown(r: dict) -> str:
+def markdown(r: dict, provenance: dict) -> str:
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-    lines = [f"## GPU check: {r['device']}, {r['llm_shapes']} shapes, {r['dtype']}, {r['date']}", "",
+    lines = [f"## GPU check: {r['device']}, {r['llm_shapes']} shapes, {r['dtype']}", "", header(provenance), "",
              f"{r['seconds']:.0f} s in all; peak {fmt(r['peak_tflops'], 'g')} TFLOP/s; micro-batch {r['micro_batch']}, "
              f"sequence {r['steps'][0]['seq_len']} tokens; median of {r['timed_steps']} steps.", "",
              "| ZeRO | mode | grad-ckpt | step ms | tokens/s | MFU | peak alloc GiB | plan tensors GiB | alloc vs plan "
@@ -114,7 +115,7 @@ def run(args) -> dict:
     gen = generation(s, args.reports, args.gen_batch, args.new_tokens)
     return {"llm_shapes": args.llm_shapes, "vision_arch": s.vision_arch, "device": result["device"],
             "dtype": result["dtype"], "peak_tflops": result["peak_tflops"],
-            "micro_batch": args.micro_batch, "timed_steps": args.steps, "date": time.strftime("%Y-%m-%d"),
+            "micro_batch": args.micro_batch, "timed_steps": args.steps,
             "steps": steps, "generation": gen, "seconds": time.perf_counter() - t0}
 
 
@@ -127,14 +128,16 @@ def main() -> None:
     ap.add_argument("--reports", type=int, default=16, help="reports generated (timed)")
     ap.add_argument("--gen-batch", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=100)
-    ap.add_argument("--out", default=str(ROOT / "runs" / "gpu_check"), help="folder for gpu_check.json and .md")
+    ap.add_argument("--out", default=str(work_dir("gpu_check")),
+                    help="folder for gpu_check.json and .md (default: %(default)s)")
     args = ap.parse_args()
+    provenance = start()
     result = run(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_check.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "gpu_check.md").write_text(markdown(result))
-    print(markdown(result))
+    write_json(out / "gpu_check.json", result, provenance)
+    (out / "gpu_check.md").write_text(markdown(result, provenance))
+    print(markdown(result, provenance))
 
 
 if __name__ == "__main__":
