@@ -22,6 +22,9 @@ logits, loss); deep minus shallow is Swin's. Prints a JSON object and a markdown
 
 Timing runs one model per mode and switches checkpointing on and off between steps (the same weights and
 batch), alternating so that a machine shared with other jobs slows both alike; medians of `--reps` steps each.
+
+Output: a provenance header first (bench/provenance.py), then the JSON and table; --json also writes the JSON with
+the header. Nothing else is written.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.provenance import start, write_json  # noqa: E402
 
 MiB = 2**20
 
@@ -146,6 +151,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--timing", action="store_true", help="time fwd + bwd with and without instead of memory")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--json", help="also write the JSON result, with the provenance header, to this file")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="shallow", help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", action="store_true", help=argparse.SUPPRESS)
@@ -153,9 +159,12 @@ def main() -> None:
     if args.child:
         print(json.dumps(time_steps(args) if args.timing else measure(args)))
         return
+    provenance = start()
     if args.timing:
         runs = [run_child(args, mode, True, args.layers) for mode in args.modes.split(",")]
         print(json.dumps(runs, indent=1))
+        if args.json:
+            write_json(args.json, runs, provenance)
         print("\n| mode | fwd+bwd off (s) | fwd+bwd on (s) | on / off |\n|---|---|---|---|")
         for r in runs:
             print(f"| {r['mode']} | {r['off_s']:.1f} | {r['on_s']:.1f} | {r['ratio']:.2f} |")
@@ -173,7 +182,10 @@ def main() -> None:
         per_layer[ckpt] = {"stored_bytes_per_token_layer": stored_layer / tokens,
                            "per_hidden": stored_layer / tokens / args.hidden,
                            "fixed_stored_mib": full["stored_mib"] - stored_layer * args.layers / MiB}
-    print(json.dumps({"runs": runs, "llm_per_layer": {str(k): v for k, v in per_layer.items()}}, indent=1))
+    result = {"runs": runs, "llm_per_layer": {str(k): v for k, v in per_layer.items()}}
+    print(json.dumps(result, indent=1))
+    if args.json:
+        write_json(args.json, result, provenance)
     print("\n| mode | grad-ckpt | stored for backward (MiB) | peak over resident (MiB) | fwd+bwd (s) |")
     print("|---|---|---|---|---|")
     for r in runs:
