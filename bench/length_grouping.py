@@ -1,9 +1,9 @@
 """Length-grouped batches (`data.group_by_length`): padded-token share and CPU step time, with and without.
 
-    python bench/length_grouping.py                      # IU-Xray train reports + 2,000 synthetic MIMIC-style ones
-    python bench/length_grouping.py --epochs 1 --mimic 500
+    python bench/length_grouping.py --iu PATH            # IU-Xray train reports + 2,000 synthetic MIMIC-style ones
+    python bench/length_grouping.py --iu PATH --epochs 1 --mimic 500
 
-Reports: the real IU-Xray train split (/work/shared/data, or --iu PATH; R2Gen-cleaned as `r2g shard` stores
+Reports: the real IU-Xray train split (--iu PATH, default $R2G_IU_REPORTS; R2Gen-cleaned as `r2g shard` stores
 them) and the reports `r2g synth --style mimic` writes (same generator, images not rendered). Each epoch's
 train order comes from the loader's own stages (`ShuffleBuffer`, then `GroupByLength` or not) for one rank
 and one worker, shuffle buffer 1000 (the default), cut into micro-batches of 6 (the paper's).
@@ -19,12 +19,16 @@ untrained; the tests' micro Swin with 4 visual tokens; fp32, AdamW, one thread):
 over the epoch's first `--steps` batches in each order (grouped batches come in random order, so they are a
 fair sample), in alternating blocks. Both wall time and this process's CPU time are printed: on a machine
 shared with other jobs the CPU time is the steadier of the two.
+
+Output: a provenance header first (bench/provenance.py), then the JSON and table; --json also writes the JSON with
+the header. The untrained tiny LM lives in a system temp folder, deleted at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -36,11 +40,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.provenance import start, write_json  # noqa: E402
 from r2g.config import DATASET_PRESETS, ModelConfig  # noqa: E402
 from r2g.data.loader import GroupByLength, ShardList, ShuffleBuffer  # noqa: E402
 from r2g.data.reports import clean_report  # noqa: E402
 
-IU_REPORTS = Path("/work/shared/data/iu_xray_reports_train_val.json")
 MICRO_BATCH, SHUFFLE_BUFFER, SWIN_B_VISUAL_TOKENS = 6, 1000, 49
 
 
@@ -144,12 +148,15 @@ def bench(name: str, reports: list[str], budget: int, epochs: int, steps: int, r
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iu", type=Path, default=IU_REPORTS, help="IU-Xray annotation.json (reports only are read).")
+    parser.add_argument("--iu", type=Path, default=os.environ.get("R2G_IU_REPORTS"),
+                        required="R2G_IU_REPORTS" not in os.environ, help="IU-Xray annotation.json (reports only are read); default: $R2G_IU_REPORTS.")
     parser.add_argument("--mimic", type=int, default=2000, help="Synthetic MIMIC-style reports.")
     parser.add_argument("--epochs", type=int, default=1, help="Epochs of train order measured.")
     parser.add_argument("--steps", type=int, default=60, help="Tiny-model steps per timing block.")
     parser.add_argument("--rounds", type=int, default=3, help="Alternating timing blocks per order.")
+    parser.add_argument("--json", help="Also write the rows, with the provenance header, to this file.")
     args = parser.parse_args()
+    provenance = start()
     torch.set_num_threads(1)  # one thread: the step-time ratio, not the machine's core count, is the point
     rows = [
         bench("iu_xray", iu_reports(args.iu), DATASET_PRESETS["iu_xray"]["max_report_tokens"], args.epochs, args.steps,
@@ -158,6 +165,8 @@ def main() -> None:
               args.epochs, args.steps, args.rounds),
     ]
     print(json.dumps(rows, indent=1))
+    if args.json:
+        write_json(args.json, rows, provenance)
     print("\n| dataset | order | report slots padded | LLM tokens padded (Swin-B + Llama-2 layout) | tokens/batch "
           "| step ms, CPU (wall) | step tokens padded |")
     print("|---|---|---|---|---|---|---|")
