@@ -156,6 +156,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="Alternating timing blocks per order.")
     parser.add_argument("--json", help="Also write the rows, with the provenance header, to this file.")
     args = parser.parse_args()
+    if not args.iu.is_file():
+        parser.error(f"--iu {args.iu}: no such file")
     provenance = start()
     torch.set_num_threads(1)  # one thread: the step-time ratio, not the machine's core count, is the point
     rows = [
