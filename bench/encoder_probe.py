@@ -15,6 +15,9 @@ train split and scored (ROC AUC per label) on the test split:
 Labels come from the rules labeler run on the reports (positive = 1), so real data needs no label files.
 The probes are fitted with minibatch AdamW for `--steps` steps, so the figures also say how fast a readout
 learns, not only whether one exists.
+
+Output: a provenance header first (bench/provenance.py), the JSON and table, and the same JSON with the header in
+--json. Nothing else is written.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.provenance import start, write_json  # noqa: E402
 from r2g.config import DataConfig, ModelConfig  # noqa: E402
 from r2g.labels import CHEXPERT_LABELS  # noqa: E402
 
@@ -105,8 +109,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=12)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", help="also write the result to this file")
+    ap.add_argument("--json", help="also write the result, with the provenance header, to this file")
     args = ap.parse_args()
+    provenance = start()
 
     from r2g.model.vision import build_vision_encoder
 
@@ -137,7 +142,7 @@ def main() -> None:
         print(f"{name:28s} {result['positives_test'][name]:6d} {fmt(result['auc']['grid'][name]):>5s} "
               f"{fmt(result['auc']['per_token'][name]):>9s}")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result, provenance)
 
 
 if __name__ == "__main__":
