@@ -129,7 +129,7 @@ def step_times(llm: Path, reports: list[str], budget: int, steps: int, rounds: i
 def bench(name: str, reports: list[str], budget: int, epochs: int, steps: int, rounds: int) -> dict:
     from transformers import AutoTokenizer
 
-    from r2g.demo.tiny_lm import train_tiny_lm
+    from r2g.demo.tiny_lm import train_tiny_lm, train_tokenizer
 
     cfg = ModelConfig(max_report_tokens=budget)
     words = sorted(len(r.split()) for r in reports)
@@ -137,22 +137,27 @@ def bench(name: str, reports: list[str], budget: int, epochs: int, steps: int, r
            "words_median": words[len(words) // 2], "words_p90": words[int(0.9 * len(words))]}
     with tempfile.TemporaryDirectory() as tmp:
         llm = Path(tmp) / "llm"
-        train_tiny_lm(reports, llm, vocab_size=2000, hidden=256, layers=4, heads=4, steps=1)  # untrained: speed only
-        tokenizer = AutoTokenizer.from_pretrained(llm)
+        if steps:
+            train_tiny_lm(reports, llm, vocab_size=2000, hidden=256, layers=4, heads=4, steps=1)  # untrained: speed only
+            tokenizer = AutoTokenizer.from_pretrained(llm)
+        else:  # padding only: the same tokenizer, no model
+            tokenizer = train_tokenizer(reports, vocab_size=2000)
         for grouped in (False, True):
             batches = [b for e in range(epochs) for b in train_order(reports, grouped, e)]
             row["grouped" if grouped else "plain"] = padding(batches, tokenizer, cfg, SWIN_B_VISUAL_TOKENS)
-        row["tiny_step"] = step_times(llm, reports, budget, steps, rounds)
+        if steps:
+            row["tiny_step"] = step_times(llm, reports, budget, steps, rounds)
     return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iu", type=Path, default=os.environ.get("R2G_IU_REPORTS"),
-                        required="R2G_IU_REPORTS" not in os.environ, help="IU-Xray annotation.json (reports only are read); default: $R2G_IU_REPORTS.")
+                        required="R2G_IU_REPORTS" not in os.environ,
+                        help="IU-Xray annotation.json (reports only are read); default: $R2G_IU_REPORTS.")
     parser.add_argument("--mimic", type=int, default=2000, help="Synthetic MIMIC-style reports.")
     parser.add_argument("--epochs", type=int, default=1, help="Epochs of train order measured.")
-    parser.add_argument("--steps", type=int, default=60, help="Tiny-model steps per timing block.")
+    parser.add_argument("--steps", type=int, default=60, help="Tiny-model steps per timing block (0: padding only).")
     parser.add_argument("--rounds", type=int, default=3, help="Alternating timing blocks per order.")
     parser.add_argument("--json", help="Also write the rows, with the provenance header, to this file.")
     args = parser.parse_args()
@@ -174,9 +179,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         for order in ("plain", "grouped"):
-            p, s = r[order], r["tiny_step"][order]
+            p, s = r[order], r.get("tiny_step", {}).get(order)
+            step = f"{s['cpu_ms']:.1f} ({s['wall_ms']:.1f}) | {s['sequence_padding']:.1%}" if s else "- | -"
             print(f"| {r['dataset']} | {order} | {p['report_padding']:.1%} | {p['sequence_padding']:.1%} | "
-                  f"{p['tokens_per_batch']:.0f} | {s['cpu_ms']:.1f} ({s['wall_ms']:.1f}) | {s['sequence_padding']:.1%} |")
+                  f"{p['tokens_per_batch']:.0f} | {step} |")
 
 
 if __name__ == "__main__":

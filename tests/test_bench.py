@@ -1,11 +1,17 @@
-"""The benches' CPU paths, end to end in subprocesses (as they are run): the per-mode training-step bench at
-tiny shapes and the batched vs one-at-a-time generation bench on the tiny random model."""
+"""The benches' CPU paths, end to end in subprocesses (as they are run), each at its smallest setting: the
+per-mode training-step bench at tiny shapes, the batched vs one-at-a-time generation bench on the tiny random model,
+the encoder probe, metrics, label counts, length grouping, activation checkpointing, and the dry runs of the two
+benches that write gigabytes. Every run must print the provenance header first and store it in its JSON, measured
+now (bench/provenance.py)."""
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -18,13 +24,53 @@ from .test_train import ROOT, _env
 
 pytestmark = pytest.mark.slow
 
+# Every runnable script in bench/ and the test here that runs it (a new bench needs a test that checks its header).
+BENCHES = {"train_step.py", "generate.py", "encoder_probe.py", "metrics.py", "label_stats.py", "length_grouping.py",
+           "grad_ckpt.py", "llm7b_zero3.py", "plan_check.py", "gpu_check.py"}  # gpu_check: tests/test_gpu_check.py
 
-def run_bench(script: str, out: Path, *args: str) -> dict:
+
+def run_script(script: str, *args: str) -> str:
+    """Run bench/`script`; check that its first line is the provenance header of this checkout, today; its stdout."""
     env = {**_env(), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--json", str(out), *args],
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args],
                             capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(out.read_text())
+    first = result.stdout.splitlines()[0]
+    today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    assert first.startswith(f"[bench] {today} ") and f"commit {head()[:7]}" in first, first
+    return result.stdout
+
+
+def run_bench(script: str, out: Path, *args: str) -> dict:
+    """`run_script` with --json `out`; checks the provenance stored in it; the JSON."""
+    run_script(script, "--json", str(out), *args)
+    result = json.loads(out.read_text())
+    check_provenance(result["provenance"])
+    return result
+
+
+def head() -> str:
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def gpu_names() -> list[str]:
+    import torch
+
+    return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def check_provenance(p: dict) -> None:
+    """A provenance record measured now, on this machine, at this checkout's commit."""
+    when = datetime.datetime.fromisoformat(p["date"])
+    assert when.tzinfo is not None
+    assert abs(datetime.datetime.now(datetime.timezone.utc) - when) < datetime.timedelta(minutes=10)
+    assert p["git"]["commit"] == head() and isinstance(p["git"]["dirty"], bool)
+    m = p["machine"]
+    assert m["cores"] == os.cpu_count() and m["cpu"] and 0 < m["memory_available_gib"] <= m["memory_gib"]
+    assert m["gpus"] == gpu_names()
+    assert p["versions"] == {"python": ".".join(map(str, sys.version_info[:3])),
+                             **{name: metadata.version(name) for name in ("torch", "deepspeed", "transformers")}}
 
 
 def test_train_step_per_mode_at_tiny_shapes(tmp_path):
@@ -95,3 +141,108 @@ def test_encoder_probe_on_generated_shards(tmp_path):
         for label, auc in aucs.items():
             assert (auc is None) == (r["positives_test"][label] in (0, r["studies"]["test"]))
             assert auc is None or 0.0 <= auc <= 1.0
+
+
+def test_every_bench_is_run_by_a_test():
+    scripts = {p.name for p in (ROOT / "bench").glob("*.py") if '__name__ == "__main__"' in p.read_text()}
+    assert scripts == BENCHES
+
+
+def test_provenance_header_and_record(tmp_path, monkeypatch):
+    from bench import provenance
+
+    rec = provenance.record()
+    check_provenance(rec)
+    line = provenance.header(rec)
+    assert line.startswith(rec["date"][:10]) and f"commit {head()[:7]}" in line and f"{os.cpu_count()} cores" in line
+    assert ("no GPU" in line) == (not rec["machine"]["gpus"])
+    assert f"torch {metadata.version('torch')}" in line and f"Python {sys.version_info.major}." in line
+    dirty = dict(rec, git={"commit": "f" * 40, "dirty": True})
+    assert "commit fffffff + uncommitted changes" in provenance.header(dirty)
+    two = dict(rec, machine={**rec["machine"], "gpus": ["NVIDIA H200"] * 2})
+    assert "2 x NVIDIA H200" in provenance.header(two)
+    monkeypatch.setattr(provenance, "ROOT", tmp_path)  # not a git checkout: said, not guessed
+    state = provenance.git_state()
+    assert state["commit"] is None and state["why"]
+    assert "commit unknown" in provenance.header(dict(rec, git=state))
+
+
+def test_large_writes_are_announced_and_refused_when_the_disk_is_too_small(tmp_path, capsys):
+    from bench.provenance import announce_write
+
+    target = tmp_path / "not" / "there"
+    announce_write("weights", 10**6, target)
+    assert f"writing weights: 0.00 GB to {target}" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--work"):
+        announce_write("weights", 10**18, target)  # an exabyte
+    assert not (tmp_path / "not").exists()  # announcing writes nothing
+
+
+def test_llm_size_announced_is_llama2_7b():
+    from bench.llm7b_zero3 import llm_bytes
+
+    # Llama-2-7B's parameter count in bf16 (write_llm also checks every size against the model's parameters)
+    assert llm_bytes("7b") == 2 * 6_738_415_616
+
+
+def test_big_benches_say_what_they_would_write_and_where():
+    out = run_script("llm7b_zero3.py", "--dry-run")
+    work = ROOT / "runs" / "llm7b_zero3"
+    assert f"writing the 7b LLM (random bf16 weights): 13.48 GB to {work / 'llm-7b'} " in out \
+        or f"reusing the 7b LLM in {work / 'llm-7b'}" in out
+    out = run_script("plan_check.py", "--dry-run", "--cases", "tiny-delta-z2-1,1b-deep-z2-1")
+    work = ROOT / "runs" / "plan_check"
+    for size, gb in (("tiny", "0.01"), ("1b", "1.88")):
+        assert f"LLM (random bf16 weights): {gb} GB to {work / f'llm-{size}'} " in out \
+            or f"reusing the {size} LLM in {work / f'llm-{size}'}" in out
+    assert "05b" not in out
+    # the default work folders are inside the checkout and ignored by git
+    ignored = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "runs/llm7b_zero3", "runs/plan_check"],
+                             capture_output=True, text=True)
+    assert ignored.stdout.split() == ["runs/llm7b_zero3", "runs/plan_check"]
+
+
+def iu_style_reports(path: Path) -> Path:
+    """An IU-Xray-style reports file (train and val lists of {report}) of reports from 4 to 40 words."""
+    sentences = ["The heart is normal in size.", "There is a large right pleural effusion.", "No pneumothorax.",
+                 "The lungs are clear.", "Mild cardiomegaly.", "Degenerative changes of the spine."]
+    reports = [" ".join(sentences[j % len(sentences)] for j in range(i, i + 1 + i % 8)) for i in range(30)]
+    path.write_text(json.dumps({"train": [{"report": r} for r in reports[:24]],
+                                "val": [{"report": r} for r in reports[24:]]}))
+    return path
+
+
+def test_metrics_bench_smoke(tmp_path):
+    r = run_bench("metrics.py", tmp_path / "m.json", "--reports", str(iu_style_reports(tmp_path / "r.json")),
+                  "--pairs", "12", "--no-meteor")
+    (run,) = r["runs"]
+    assert run["pairs"] == 12 and run["meteor"] is False and run["seconds"] > 0 and 0 <= run["BLEU_4"] <= 1
+
+
+def test_label_stats_bench(tmp_path):
+    r = run_bench("label_stats.py", tmp_path / "l.json", "--reports", str(iu_style_reports(tmp_path / "r.json")))
+    assert r["studies"] == 30
+    for label, counts in r["counts"].items():
+        assert sum(counts.values()) == 30, label
+    # "a large right pleural effusion" is in every report whose sentences include the second one
+    effusion = sum("pleural effusion" in e["report"] for split in json.loads((tmp_path / "r.json").read_text()).values()
+                   for e in split)
+    assert r["counts"]["Pleural Effusion"]["positive"] == effusion > 0
+
+
+def test_length_grouping_bench_smoke(tmp_path):
+    rows = run_bench("length_grouping.py", tmp_path / "g.json", "--iu", str(iu_style_reports(tmp_path / "r.json")),
+                     "--mimic", "12", "--steps", "0")["rows"]  # padding only: no tiny LM to train and time
+    assert [row["dataset"] for row in rows] == ["iu_xray", "mimic_cxr (synthetic)"]
+    assert "tiny_step" not in rows[0]
+    assert rows[0]["studies"] == 24 and rows[1]["studies"] == 12
+    assert rows[0]["grouped"]["report_padding"] < rows[0]["plain"]["report_padding"]
+
+
+def test_grad_ckpt_bench_smoke(tmp_path):
+    rows = run_bench("grad_ckpt.py", tmp_path / "c.json", "--timing", "--modes", "shallow", "--layers", "1", "--hidden",
+                     "64", "--heads", "2", "--intermediate", "128", "--swin", "tiny", "--micro-batch", "1", "--reps", "1",
+                     "--threads", "1")["rows"]
+    (row,) = rows
+    assert row["mode"] == "shallow" and row["off_s"] > 0 and row["on_s"] > 0
+    assert row["ratio"] == pytest.approx(row["on_s"] / row["off_s"])

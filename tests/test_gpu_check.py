@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from .test_bench import check_provenance
 from .test_train import ROOT, _env
 
 pytestmark = pytest.mark.slow
@@ -22,6 +23,7 @@ def test_gpu_check_runs_at_tiny_shapes_on_cpu(tmp_path):
         capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     r = json.loads((tmp_path / "gpu_check.json").read_text())
+    check_provenance(r["provenance"])  # measured now, here, at this commit
     rows = [(x["zero_stage"], x["mode"], x["grad_ckpt"]) for x in r["steps"]]
     assert rows == [(2, "shallow", False), (2, "delta", False), (2, "deep", False),
                     (2, "shallow", True), (2, "delta", True), (2, "deep", True), (3, "shallow", False)]
@@ -36,4 +38,5 @@ def test_gpu_check_runs_at_tiny_shapes_on_cpu(tmp_path):
     g = r["generation"]
     assert (g["reports"], g["batch_size"], g["num_beams"], g["tokens"]) == (2, 2, 3, 2 * 3)
     md = (tmp_path / "gpu_check.md").read_text()
+    assert md.splitlines()[2].startswith(r["provenance"]["date"][:10])  # the header under the title
     assert md.count("\n| 2 |") == 6 and md.count("\n| 3 |") == 1 and "reports/s" in md
