@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.provenance import start, write_json  # noqa: E402
-from r2g.config import GenerateConfig, replace  # noqa: E402
+from r2g.config import GenerateConfig  # noqa: E402
 from r2g.eval.reconstitute import inference_placement, load_for_inference, open_run  # noqa: E402
 
 
@@ -151,7 +151,7 @@ def bench(args) -> dict:
     with precision.autocast(next(model.parameters()).device):  # as r2g eval decodes
         batched = timed(model, lengths, studies, gen, args.batch_size)
         single = timed(model, lengths, studies, gen, 1)
-        greedy = replace(gen, num_beams=1, length_penalty=1.0)  # greedy has no use for a length penalty (HF warns)
+        greedy = dataclasses.replace(gen, num_beams=1, length_penalty=1.0)  # greedy has no use for a length penalty (HF warns)
         checks = [compare(batched.pop("texts"), single.pop("texts"), gen.num_beams),
                   compare(generate_all(model, studies, greedy, args.batch_size), generate_all(model, studies, greedy, 1), 1)]
     return {

@@ -26,6 +26,7 @@ Memory: the 7B needs about 17 GB free on 2 ranks (16 GB on 1); on a shared machi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -276,7 +277,6 @@ def generate_worker(run: str, max_new_tokens: int) -> None:
     `r2g generate --ds` do it), one report per rank."""
     import torch
 
-    from r2g.config import replace
     from r2g.data.loader import make_loader
     from r2g.dist import close_distributed, init_distributed
     from r2g.eval.decode import decode
@@ -287,7 +287,7 @@ def generate_worker(run: str, max_new_tokens: int) -> None:
     ds = partitioned_inference_config(folder, Path(run).parent / "zero3-lean.json")
     engine, precision = load_partitioned_for_inference(folder, ds, world, batch_size=1, device=device)
     print(f"reconstituted: rank {rank} of {world}", flush=True)
-    gen = replace(folder.cfg.generate, num_beams=1, min_new_tokens=1, max_new_tokens=max_new_tokens, batch_size=1)
+    gen = dataclasses.replace(folder.cfg.generate, num_beams=1, min_new_tokens=1, max_new_tokens=max_new_tokens, batch_size=1)
     loader, _, _ = make_loader(folder.cfg.data.shards, "test", folder.cfg.data, 1, train=False, rank=rank, world=world,
                                workers=0)
     start = time.perf_counter()

@@ -353,12 +353,12 @@ def generate(
     run = open_run(ckpt, llm, vision_weights, checkpoint=checkpoint, allow_llm_mismatch=allow_llm_mismatch)
     gen = config_overrides(generation).get("generate", {})
     if ds:
-        from r2g.config import replace
+        from r2g.config import replace_given
         from r2g.dist import init_distributed
 
         ds_config = partitioned_inference_config(run, ds)
         rank, world, device = init_distributed()
-        batch_size = replace(run.cfg.generate, **gen).batch_size
+        batch_size = replace_given(run.cfg.generate, **gen).batch_size
         engine, precision = load_partitioned_for_inference(run, ds_config, world, batch_size, device)
         results = generate_reports(engine.module, precision, run.cfg, studies, gen, synced=world > 1)
         if rank != 0:

@@ -232,8 +232,9 @@ def _check_fields(sections: dict[str, dict], source: str) -> None:
                 raise R2GError(f"{source}: unknown field(s) {sorted(bad)} in '{name}'")
 
 
-def replace(obj, **changes):
-    """`dataclasses.replace` that ignores None values, so CLI flags left unset keep the defaults."""
+def replace_given(obj, **changes):
+    """`obj` with the fields given a value replaced: None values are ignored, so flags left unset keep what
+    `obj` says (unlike `dataclasses.replace`, which would set them to None)."""
     return dataclasses.replace(obj, **{k: v for k, v in changes.items() if v is not None})
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from r2g.config import RunConfig, replace
+from r2g.config import RunConfig, replace_given
 from r2g.data.loader import Collate
 from r2g.data.transforms import image_transform, to_rgb_tensor
 from r2g.errors import R2GError
@@ -62,7 +62,7 @@ def generate_reports(model, precision: Precision, cfg: RunConfig, studies: list[
     r2g.eval.reconstitute.load_for_inference returns them. `synced`: the model is partitioned by ZeRO-3 and every
     rank runs this on the same studies, stepping together until all ranks' beams are done."""
     device = next(model.parameters()).device
-    gen = replace(cfg.generate, **(gen_overrides or {}))
+    gen = replace_given(cfg.generate, **(gen_overrides or {}))
     transform = image_transform(cfg.data.image_size)
     collate = Collate(cfg.data.max_views)
     results = []

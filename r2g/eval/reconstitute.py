@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from r2g.config import RunConfig, replace
+from r2g.config import RunConfig, replace_given
 from r2g.errors import R2GError
 from r2g.precision import Precision, resolve_precision
 
@@ -89,8 +89,8 @@ def open_run(
             f"{actual[:12]}… vs {recorded[:12]}…); pass the right --llm, or --allow-llm-mismatch to go ahead anyway"
         )
     _weights_file(run, checkpoint)
-    cfg = replace(cfg, model=replace(cfg.model, llm=llm, vision_weights=vision_weights),
-                  data=replace(cfg.data, shards=shards or locate(cfg.data.shards, run)))
+    cfg = replace_given(cfg, model=replace_given(cfg.model, llm=llm, vision_weights=vision_weights),
+                        data=replace_given(cfg.data, shards=shards or locate(cfg.data.shards, run)))
     return RunFolder(run, cfg, checkpoint)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from r2g.config import GenerateConfig, replace
+from r2g.config import GenerateConfig, replace_given
 from r2g.data.loader import SplitShards, make_loader, split_shards, study_images
 from r2g.eval.decode import decode, per_rank_limit
 from r2g.eval.reconstitute import (RunFolder, load_for_inference, load_partitioned_for_inference, open_run,
@@ -106,7 +106,7 @@ def evaluate(plan: EvalPlan, on_batch: Callable[[int], None] | None = None) -> d
 
         rank, world, device = init_distributed()
     cfg, shards, split = folder.cfg, folder.cfg.data.shards, opts.split
-    gen: GenerateConfig = replace(cfg.generate, **opts.generate)
+    gen: GenerateConfig = replace_given(cfg.generate, **opts.generate)
     if plan.ds:  # the engine stays alive while decoding: its hooks gather the partitioned layers
         engine, precision = load_partitioned_for_inference(folder, plan.ds, world, gen.batch_size, device)
         model = engine.module
