@@ -185,6 +185,28 @@ class TrainConfig(_Checked):
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "generate": GenerateConfig}
 
 
+def check_flag_names(sections: dict[str, type]) -> None:
+    """Refuse two fields that the CLI cannot tell apart. A command's flags are parameters named by the bare field
+    name (`micro_batch`, whatever its section: `r2g train` takes every section at once) and spelled
+    `--flag-name` (`--no-flag-name` for a switch), so a second `batch_size` field would make one flag set both,
+    or make Click refuse every command. Run at import, so such a field fails the first import, naming both."""
+    owner: dict[str, str] = {}
+    for section, klass in sections.items():
+        for f in dataclasses.fields(klass):
+            here, names = f"{section}.{f.name}", [f.name]  # every field: the CLI looks flags up by field name
+            if f.metadata.get("cli", True):
+                flag = flag_name(f)
+                names += [f"--{flag}"] + ([f"--no-{flag}"] if typing.get_type_hints(klass)[f.name] is bool else [])
+            for name in names:
+                if name in owner:
+                    raise TypeError(f"r2g.config: {owner[name]} and {here} would both be the CLI's '{name}'; rename "
+                                    f"one field, or give it its own spelling with setting(..., flag=...)")
+                owner[name] = here
+
+
+check_flag_names(SECTIONS)
+
+
 def section_of(cls: type) -> str:
     return next(name for name, klass in SECTIONS.items() if klass is cls)
 

@@ -181,3 +181,27 @@ def test_eval_and_generate_take_every_generation_setting_as_a_flag():
     for name in ("eval", "generate", "train"):
         opts = {o for p in group.commands[name].params for o in p.opts}
         assert expected <= opts, (name, expected - opts)
+
+
+def test_two_fields_the_cli_cannot_tell_apart_are_refused_naming_both():
+    from r2g.config import check_flag_names, setting
+
+    @dataclasses.dataclass(frozen=True)
+    class SameName:  # the CLI names a flag's parameter by the bare field name
+        batch_size: int = setting(1, "Another batch size.", flag="other-batch-size")
+
+    @dataclasses.dataclass(frozen=True)
+    class SameSpelling:  # a different field, spelled like generate.batch_size's --gen-batch-size
+        gen_batch_size: int = setting(1, "Clashes with --gen-batch-size.")
+
+    @dataclasses.dataclass(frozen=True)
+    class SwitchNegation:  # --no-augment is data.augment's negation
+        no_augment: bool = setting(False, "Clashes with --no-augment.")
+
+    check_flag_names(SECTIONS)  # the real config passes (it does at import, too)
+    with pytest.raises(TypeError, match=r"generate\.batch_size and extra\.batch_size would both be the CLI's 'batch_size'"):
+        check_flag_names({**SECTIONS, "extra": SameName})
+    with pytest.raises(TypeError, match=r"generate\.batch_size and extra\.gen_batch_size .* '--gen-batch-size'"):
+        check_flag_names({**SECTIONS, "extra": SameSpelling})
+    with pytest.raises(TypeError, match=r"data\.augment and extra\.no_augment .* '--no-augment'"):
+        check_flag_names({**SECTIONS, "extra": SwitchNegation})
