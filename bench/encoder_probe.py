@@ -40,10 +40,10 @@ from r2g.labels import CHEXPERT_LABELS  # noqa: E402
 @torch.no_grad()
 def visual_tokens(encoder, shards: str, split: str, cfg: DataConfig, max_studies: int) -> tuple[torch.Tensor, list[str]]:
     """(frozen visual tokens (n, N, C) of up to `max_studies` studies, their reports)."""
-    from r2g.data.loader import make_loader
+    from r2g.data.loader import make_loader, split_shards
     from r2g.model.vision import encode
 
-    loader, _, _ = make_loader(shards, split, cfg, batch_size=50, train=False)
+    loader, _ = make_loader(split_shards(shards, split), cfg, batch_size=50, train=False)
     feats, reports = [], []
     for batch in loader:
         feats.append(encode(encoder, batch["images"], batch["view_mask"], "mean"))

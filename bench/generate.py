@@ -65,9 +65,10 @@ def random_studies(n: int, image_size: int, seed: int = 0) -> list[list[torch.Te
 
 def shard_studies(shards: str, split: str, n: int, data_cfg) -> list[list[torch.Tensor]]:
     """The first n studies of a split, with their real views, as the eval loader reads them."""
-    from r2g.data.loader import make_loader
+    from r2g.data.loader import make_loader, split_shards
 
-    loader, _, _ = make_loader(shards, split, data_cfg, batch_size=1, train=False, workers=0)
+    loader, _ = make_loader(split_shards(shards, split), dataclasses.replace(data_cfg, workers=0), batch_size=1,
+                            train=False)
     studies = []
     for batch in loader:
         studies.append(list(batch["images"][0][batch["view_mask"][0]]))

@@ -277,7 +277,7 @@ def generate_worker(run: str, max_new_tokens: int) -> None:
     `r2g generate --ds` do it), one report per rank."""
     import torch
 
-    from r2g.data.loader import make_loader
+    from r2g.data.loader import make_loader, split_shards
     from r2g.dist import close_distributed, init_distributed
     from r2g.eval.decode import decode
     from r2g.eval.reconstitute import load_partitioned_for_inference, open_run, partitioned_inference_config
@@ -288,8 +288,8 @@ def generate_worker(run: str, max_new_tokens: int) -> None:
     engine, precision = load_partitioned_for_inference(folder, ds, world, batch_size=1, device=device)
     print(f"reconstituted: rank {rank} of {world}", flush=True)
     gen = dataclasses.replace(folder.cfg.generate, num_beams=1, min_new_tokens=1, max_new_tokens=max_new_tokens, batch_size=1)
-    loader, _, _ = make_loader(folder.cfg.data.shards, "test", folder.cfg.data, 1, train=False, rank=rank, world=world,
-                               workers=0)
+    loader, _ = make_loader(split_shards(folder.cfg.data.shards, "test"), dataclasses.replace(folder.cfg.data, workers=0),
+                            batch_size=1, train=False, rank=rank, world=world)
     start = time.perf_counter()
     with torch.no_grad():
         rows = decode(engine.module, loader, gen, device, precision.input_dtype, max_samples=1, distributed=world > 1,

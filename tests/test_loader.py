@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from r2g.config import DataConfig
-from r2g.data.loader import make_loader
+from r2g.data.loader import make_loader, split_shards
 from r2g.data.shard import ShardOptions, shard_dataset
 from r2g.demo.toys import write_raw_dataset
 from r2g.errors import R2GError
@@ -28,14 +28,21 @@ def shards(tmp_path_factory):
 CFG = DataConfig(image_size=32, max_views=2, shuffle_buffer=8, workers=0)
 
 
+def _loader(shards, split, cfg=CFG, workers=None, **kw):
+    """(loader, pipeline, samples) of `split` in `shards`, checked as `cfg` says, read by `workers` (None: cfg's)."""
+    checked = split_shards(shards, split, cfg.skip_damaged_shards)
+    cfg = cfg if workers is None else dataclasses.replace(cfg, workers=workers)
+    return (*make_loader(checked, cfg, **kw), checked.samples)
+
+
 def _ids(shards, split, train, rank=0, world=1, workers=0, epoch=0, seed=0):
-    loader, pipeline, n = make_loader(shards, split, CFG, batch_size=4, train=train, seed=seed, rank=rank, world=world, workers=workers)
+    loader, pipeline, n = _loader(shards, split, CFG, batch_size=4, train=train, seed=seed, rank=rank, world=world, workers=workers)
     pipeline.set_epoch(epoch)
     return [i for batch in loader for i in batch["ids"]], n
 
 
 def test_batch_layout(shards):
-    loader, _, n = make_loader(shards, "train", CFG, batch_size=4, train=False)
+    loader, _, n = _loader(shards, "train", CFG, batch_size=4, train=False)
     batch = next(iter(loader))
     assert n == 23
     assert batch["images"].shape == (4, 2, 3, 32, 32) and batch["images"].dtype == torch.float32
@@ -51,7 +58,7 @@ def test_batch_layout(shards):
 
 
 def test_single_view_batches_have_one_view_slot(shards):
-    loader, _, _ = make_loader(shards, "val", CFG, batch_size=1, train=False)
+    loader, _, _ = _loader(shards, "val", CFG, batch_size=1, train=False)
     shapes = {b["ids"][0]: b["images"].shape[1] for b in loader}
     assert shapes == {"s0023": 1, "s0024": 2, "s0025": 1, "s0026": 2}
 
@@ -83,6 +90,19 @@ def test_train_order_is_shuffled_per_epoch_and_reproducible(shards):
     assert single_gpu != plain
 
 
+def test_one_loader_carries_each_new_epoch_to_its_workers(shards):
+    """The training loop keeps one loader and calls set_epoch before each epoch: the workers must read that
+    epoch's order (they do because make_loader's workers are not persistent: each epoch pickles the pipeline
+    anew), the same order one process reads."""
+    loader, pipeline, _ = _loader(shards, "train", batch_size=4, train=True, workers=1)
+    orders = []
+    for epoch in (0, 1):
+        pipeline.set_epoch(epoch)
+        orders.append([i for batch in loader for i in batch["ids"]])
+    assert orders[0] != orders[1]
+    assert orders == [_ids(shards, "train", train=True, epoch=e)[0] for e in (0, 1)]
+
+
 def test_eval_order_is_annotation_order(shards):
     ids, _ = _ids(shards, "test", train=False)
     assert ids == ["s0027", "s0028", "s0029", "s0030", "s0031"]
@@ -95,11 +115,11 @@ def test_missing_split_and_missing_folder(shards, tmp_path):
     bad.mkdir()
     (bad / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(R2GError, match=r"no 'val' shards \(splits present: train, test\)"):
-        make_loader(bad, "val", CFG, batch_size=2, train=False)
+        _loader(bad, "val", CFG, batch_size=2, train=False)
     with pytest.raises(R2GError, match="listed in manifest.json but missing"):
-        make_loader(bad, "train", CFG, batch_size=2, train=False)
+        _loader(bad, "train", CFG, batch_size=2, train=False)
     with pytest.raises(R2GError, match="written by `r2g shard`"):
-        make_loader(tmp_path / "nothing", "train", CFG, batch_size=2, train=False)
+        _loader(tmp_path / "nothing", "train", CFG, batch_size=2, train=False)
 
 
 def test_loader_workers_tokenize_with_the_given_encoder(shards):
@@ -113,7 +133,7 @@ def test_loader_workers_tokenize_with_the_given_encoder(shards):
         calls.append(os.getpid())
         return {"n_views": torch.tensor(n_views), "lengths": torch.tensor([len(r) for r in reports])}
 
-    loader, _, _ = make_loader(shards, "train", CFG, batch_size=4, train=False, workers=1, encode_reports=encode)
+    loader, _, _ = _loader(shards, "train", CFG, batch_size=4, train=False, workers=1, encode_reports=encode)
     batches = list(loader)
     assert len(batches) == 6 and calls == []  # every call ran in the worker process
     for batch in batches:
@@ -141,14 +161,14 @@ def _break_second_header(path):
 
 
 def _iterate(shards, cfg=CFG, workers=0, train=True):
-    loader, _, n = make_loader(shards, "train", cfg, batch_size=4, train=train, workers=workers)
+    loader, _, n = _loader(shards, "train", cfg, batch_size=4, train=train, workers=workers)
     return [b for b in loader], n
 
 
 def test_a_shard_cut_in_half_stops_the_loader_naming_it(shards, tmp_path):
     damaged = _damaged_copy(shards, tmp_path, _cut_in_half)
     with pytest.raises(R2GError) as e:
-        make_loader(damaged, "train", CFG, batch_size=4, train=True)
+        _loader(damaged, "train", CFG, batch_size=4, train=True)
     msg = str(e.value)
     assert f"{damaged / 'train-000001.tar'}: 1 of 3 samples readable" in msg
     assert f"r2g shard verify {damaged}" in msg and "--skip-damaged-shards" in msg
@@ -167,7 +187,7 @@ def test_a_shard_that_ends_early_in_the_stream_stops_iteration_naming_it(shards,
 
 
 def test_skip_damaged_shards_reads_the_rest_and_counts_the_loss(shards, tmp_path):
-    from r2g.data.loader import LostSamples, split_shards
+    from r2g.data.loader import LostSamples
 
     skip = dataclasses.replace(CFG, skip_damaged_shards=True)
     cut = _damaged_copy(shards, tmp_path / "cut", _cut_in_half)
@@ -221,7 +241,7 @@ PLAIN = dataclasses.replace(GROUPED, group_by_length=False)
 
 
 def _batches(shards, cfg, epoch=0, rank=0, world=1, workers=0):
-    loader, pipeline, _ = make_loader(shards, "train", cfg, batch_size=4, train=True, rank=rank, world=world,
+    loader, pipeline, _ = _loader(shards, "train", cfg, batch_size=4, train=True, rank=rank, world=world,
                                       workers=workers)
     pipeline.set_epoch(epoch)
     return [(b["ids"], [len(r.split()) for r in b["reports"]]) for b in loader]

@@ -55,8 +55,12 @@ def _damaged_fix(root: str | Path) -> str:
 
 @dataclass(frozen=True)
 class SplitShards:
-    """The shards of one split, checked at start against the manifest."""
+    """The shards of one split, checked at start against the manifest (`split_shards`): which shards the loader
+    reads, and whether it reads on past damage."""
 
+    root: str  # the shard folder
+    split: str
+    skip_damaged: bool  # damage met while streaming is skipped and counted (True) or stops the run (False)
     expected: dict[str, int]  # path -> samples to read: the manifest's count, or what is readable of a damaged shard
     lost: list[dict] = field(default_factory=list)  # damaged shards read on past: {shard, expected, read}
 
@@ -97,7 +101,7 @@ def split_shards(shards: str | Path, split: str, skip_damaged: bool = False) -> 
         listed = "; ".join(f"{d['shard']}: {d['read']} of {d['expected']} samples readable" for d in lost)
         raise R2GError(f"{len(lost)} shard(s) changed since sharding (size differs from manifest.json): {listed}; "
                        f"{_damaged_fix(shards)}")
-    return SplitShards(expected, lost)
+    return SplitShards(str(shards), split, skip_damaged, expected, lost)
 
 
 class LostSamples:
@@ -135,6 +139,8 @@ class ShardList(wds.PipelineStage):
         self.paths, self.shuffle, self.seed, self.epoch = paths, shuffle, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
+        # Set in the main process; it reaches the loader's workers only because they are started anew, from a
+        # fresh pickle of the pipeline, at every epoch (make_loader: persistent_workers=False).
         self.epoch = epoch
 
     def run(self) -> Iterator[dict]:
@@ -310,24 +316,12 @@ class Collate:
         return batch
 
 
-def build_pipeline(
-    shards: str | Path,
-    split: str,
-    cfg: DataConfig,
-    batch_size: int,
-    train: bool,
-    seed: int = 0,
-    rank: int = 0,
-    world: int = 1,
-    encode_reports: Callable[[list[str], int], dict] | None = None,
-    checked: SplitShards | None = None,
-) -> tuple[wds.DataPipeline, int]:
-    """(pipeline yielding batches, samples in the split). Call `pipeline.set_epoch(e)` before each epoch.
-    `encode_reports`: see `Collate`. `checked`: the split as the caller's `split_shards(shards, split,
-    cfg.skip_damaged_shards)` already returned it (None = check it here), so no shard is checked twice."""
-    if checked is None:
-        checked = split_shards(shards, split, cfg.skip_damaged_shards)
-    damage = Damage(shards, cfg.skip_damaged_shards)
+def build_pipeline(checked: SplitShards, cfg: DataConfig, *, batch_size: int, train: bool, seed: int = 0,
+                   rank: int = 0, world: int = 1,
+                   encode_reports: Callable[[list[str], int], dict] | None = None) -> wds.DataPipeline:
+    """The pipeline yielding batches of `checked` (see `make_loader`). Call `pipeline.set_epoch(e)` before each
+    epoch."""
+    damage = Damage(checked.root, checked.skip_damaged)
     shard_list = ShardList(checked.paths, shuffle=train, seed=seed)
     stages = [shard_list, wds.split_by_worker, ReadShards(checked.expected, damage), SplitByRank(rank, world)]
     if train:
@@ -341,7 +335,7 @@ def build_pipeline(
     ]
     pipeline = wds.DataPipeline(*stages)
     pipeline.set_epoch = shard_list.set_epoch  # one handle for the training loop
-    return pipeline, checked.samples
+    return pipeline
 
 
 class Loader(torch.utils.data.DataLoader):
@@ -355,32 +349,26 @@ class Loader(torch.utils.data.DataLoader):
             raise R2GError(str(e).partition(f"\n{R2GError.__module__}.{R2GError.__name__}: ")[2].strip() or str(e)) from None
 
 
-def make_loader(
-    shards: str | Path,
-    split: str,
-    cfg: DataConfig,
-    batch_size: int,
-    train: bool,
-    seed: int = 0,
-    rank: int = 0,
-    world: int = 1,
-    workers: int | None = None,
-    encode_reports: Callable[[list[str], int], dict] | None = None,
-    checked: SplitShards | None = None,
-) -> tuple[torch.utils.data.DataLoader, wds.DataPipeline, int]:
-    """(DataLoader over the pipeline, the pipeline for `set_epoch`, samples in the split). On CUDA, batches
-    come in pinned memory, so the copy to the GPU can overlap compute (`.to(device, non_blocking=True)`).
-    `checked`: see `build_pipeline`."""
-    pipeline, n_samples = build_pipeline(shards, split, cfg, batch_size, train, seed, rank, world, encode_reports,
-                                         checked)
-    workers = cfg.workers if workers is None else workers
+def make_loader(checked: SplitShards, cfg: DataConfig, *, batch_size: int, train: bool, seed: int = 0,
+                rank: int = 0, world: int = 1, encode_reports: Callable[[list[str], int], dict] | None = None,
+                ) -> tuple[torch.utils.data.DataLoader, wds.DataPipeline]:
+    """(DataLoader over the split, the pipeline for `set_epoch`). `checked` (`split_shards`) says which shards
+    and whether damage is read past; `cfg` how samples become batches (image size, views, shuffling, grouping)
+    and how many workers read them, so nothing here can contradict either. `train`: shuffle, group and augment;
+    `rank` of `world`: this rank's share; `encode_reports`: see `Collate`. On CUDA, batches come in pinned
+    memory, so the copy to the GPU can overlap compute (`.to(device, non_blocking=True)`)."""
+    pipeline = build_pipeline(checked, cfg, batch_size=batch_size, train=train, seed=seed, rank=rank, world=world,
+                              encode_reports=encode_reports)
+    # persistent_workers=False is what carries the epoch to the workers: each epoch's iter() starts new workers,
+    # which pickle the pipeline with the ShardList.epoch that set_epoch just wrote. Persistent workers would
+    # keep their first copy and replay epoch 0's order in every epoch (tests/test_loader.py checks this).
     # Its own generator: a DataLoader iterator otherwise draws its base seed from the global torch RNG,
     # which would shift dropout masks in a resumed run against the uninterrupted one.
     loader = Loader(
-        pipeline, batch_size=None, num_workers=workers, persistent_workers=False,
+        pipeline, batch_size=None, num_workers=cfg.workers, persistent_workers=False,
         generator=torch.Generator().manual_seed(seed), pin_memory=torch.cuda.is_available(),
     )
-    return loader, pipeline, n_samples
+    return loader, pipeline
 
 
 def study_images(checked: SplitShards, ids: set[str]) -> dict[str, list[bytes]]:

@@ -25,7 +25,7 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from r2g.config import DataConfig, ModelConfig
-from r2g.data.loader import make_loader
+from r2g.data.loader import make_loader, split_shards
 from r2g.errors import R2GError
 from r2g.model.vision import build_vision_encoder, encode
 
@@ -84,7 +84,8 @@ def pretrain_vision(
     params = list(encoder.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=balanced_pos_weight(torch.stack(list(targets.values()))))
-    loader, pipeline, _ = make_loader(data_cfg.shards, "train", data_cfg, batch_size, True, seed)
+    loader, pipeline = make_loader(split_shards(data_cfg.shards, "train", data_cfg.skip_damaged_shards), data_cfg,
+                                   batch_size=batch_size, train=True, seed=seed)
 
     start, losses, step, epoch = time.perf_counter(), [], 0, 0
     encoder.train()

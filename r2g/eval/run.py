@@ -114,9 +114,9 @@ def evaluate(plan: EvalPlan, on_batch: Callable[[int], None] | None = None) -> d
         model, precision = load_for_inference(folder, device)
     held, total = llm_elements_held(model.llm)
     device = next(model.parameters()).device
-    data = dataclasses.replace(cfg.data, skip_damaged_shards=False)  # a score must cover the whole split
-    loader, _, _ = make_loader(shards, split, data, gen.batch_size, train=False, rank=rank, world=world,
-                               workers=opts.workers, checked=plan.shards)
+    # plan.shards was checked strictly: a score must cover the whole split
+    loader, _ = make_loader(plan.shards, dataclasses.replace(cfg.data, workers=opts.workers), batch_size=gen.batch_size,
+                            train=False, rank=rank, world=world)
     per_rank = per_rank_limit(opts.max_samples, world)
     with precision.autocast(device):  # decode in the precision the run trained in
         rows = decode(model, loader, gen, device, precision.input_dtype, max_samples=per_rank, distributed=world > 1,

@@ -188,13 +188,13 @@ def run(cfg: RunConfig) -> dict:
     # Tokenizing in the loader workers keeps it off the step. Forked workers would otherwise make HF's
     # tokenizers warn that their thread pool was used before the fork.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    train_loader, train_pipe, _ = make_loader(cfg.data.shards, "train", cfg.data, t.micro_batch, True, t.seed, rank,
-                                              world, encode_reports=model.report_encoder(cfg.data.max_views),
-                                              checked=train_split)
+    train_loader, train_pipe = make_loader(train_split, cfg.data, batch_size=t.micro_batch, train=True, seed=t.seed,
+                                           rank=rank, world=world,
+                                           encode_reports=model.report_encoder(cfg.data.max_views))
     val_loader = None
     if val_split is not None:
-        val_loader, _, _ = make_loader(cfg.data.shards, "val", cfg.data, cfg.generate.batch_size, False, t.seed, rank, world,
-                                       checked=val_split)
+        val_loader, _ = make_loader(val_split, cfg.data, batch_size=cfg.generate.batch_size, train=False, seed=t.seed,
+                                    rank=rank, world=world)
     stream = micro_batches(train_loader, train_pipe, steps_per_epoch, t.grad_accum, start_step)
     meter = ThroughputMeter(FlopCounts.from_model(model), engine.module.num_visual_tokens, world,
                             peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None)
