@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.provenance import start, write_json  # noqa: E402
 from r2g.config import GenerateConfig  # noqa: E402
-from r2g.eval.reconstitute import inference_placement, load_for_inference, open_run  # noqa: E402
+from r2g.eval.reconstitute import inference_placement, load_run, open_run  # noqa: E402
 
 
 def tiny_model(device: torch.device, dtype: torch.dtype, s=None):
@@ -137,8 +137,8 @@ def load(args) -> tuple:
     if not args.ckpt:
         return *random_run(args.reports, args.new_tokens), {"model": "tiny random model (bench/shapes.py)",
                                                             "images": "random pixels, one view"}
-    run = open_run(args.ckpt)
-    (model, precision), cfg = load_for_inference(run), run.cfg
+    run = load_run(open_run(args.ckpt))
+    model, precision, cfg = run.model, run.precision, run.cfg
     if args.shards:
         studies, images = shard_studies(args.shards, args.split, args.reports, cfg.data), f"{args.split} split of {args.shards}"
     else:

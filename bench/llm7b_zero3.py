@@ -278,22 +278,21 @@ def generate_worker(run: str, max_new_tokens: int) -> None:
     import torch
 
     from r2g.data.loader import make_loader, split_shards
-    from r2g.dist import close_distributed, init_distributed
+    from r2g.dist import close_distributed
     from r2g.eval.decode import decode
-    from r2g.eval.reconstitute import load_partitioned_for_inference, open_run, partitioned_inference_config
+    from r2g.eval.reconstitute import load_run, open_run, partitioned_inference_config
 
-    rank, world, device = init_distributed()
     folder = open_run(run)
     ds = partitioned_inference_config(folder, Path(run).parent / "zero3-lean.json")
-    engine, precision = load_partitioned_for_inference(folder, ds, world, batch_size=1, device=device)
+    loaded = load_run(folder, ds, {"num_beams": 1, "min_new_tokens": 1, "max_new_tokens": max_new_tokens, "batch_size": 1})
+    rank, world = loaded.rank, loaded.world
     print(f"reconstituted: rank {rank} of {world}", flush=True)
-    gen = dataclasses.replace(folder.cfg.generate, num_beams=1, min_new_tokens=1, max_new_tokens=max_new_tokens, batch_size=1)
     loader, _ = make_loader(split_shards(folder.cfg.data.shards, "test"), dataclasses.replace(folder.cfg.data, workers=0),
                             batch_size=1, train=False, rank=rank, world=world)
     start = time.perf_counter()
     with torch.no_grad():
-        rows = decode(engine.module, loader, gen, device, precision.input_dtype, max_samples=1, distributed=world > 1,
-                      synced=world > 1)
+        rows = decode(loaded.model, loader, loaded.generate, loaded.device, loaded.precision.input_dtype, max_samples=1,
+                      distributed=world > 1, synced=loaded.synced)
     if rank == 0:
         print("generated: " + json.dumps({"seconds": round(time.perf_counter() - start, 1), "rows": rows}), flush=True)
     close_distributed()

@@ -345,27 +345,17 @@ def generate(
 ):
     """Write reports for new chest X-ray images."""
     from r2g.eval.generate import collect_studies, generate_reports
-    from r2g.eval.reconstitute import (load_for_inference, load_partitioned_for_inference, open_run,
-                                       partitioned_inference_config)
+    from r2g.eval.reconstitute import load_run, open_run, partitioned_inference_config
 
     # Every input checked before the model loads: each image decodes, the run folder and its base files exist.
     studies = collect_studies(inputs)
     run = open_run(ckpt, llm, vision_weights, checkpoint=checkpoint, allow_llm_mismatch=allow_llm_mismatch)
-    gen = config_overrides(generation).get("generate", {})
-    if ds:
-        from r2g.config import replace_given
-        from r2g.dist import init_distributed
-
-        ds_config = partitioned_inference_config(run, ds)
-        rank, world, device = init_distributed()
-        batch_size = replace_given(run.cfg.generate, **gen).batch_size
-        engine, precision = load_partitioned_for_inference(run, ds_config, world, batch_size, device)
-        results = generate_reports(engine.module, precision, run.cfg, studies, gen, synced=world > 1)
-        if rank != 0:
-            return
-    else:
-        model, precision = load_for_inference(run)  # on the GPU when there is one, in the run's precision
-        results = generate_reports(model, precision, run.cfg, studies, gen)
+    ds_config = partitioned_inference_config(run, ds) if ds else None
+    # On the GPU when there is one, in the run's precision; with --ds, on every rank of the launch.
+    loaded = load_run(run, ds_config, config_overrides(generation).get("generate", {}))
+    results = generate_reports(loaded, studies)
+    if loaded.rank != 0:
+        return
     if out is None:
         for r in results:
             console.print(f"[bold]{' + '.join(r['images'])}[/]\n{r['report']}\n", highlight=False)

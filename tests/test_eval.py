@@ -4,6 +4,7 @@ before any model loads)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -22,8 +23,7 @@ from r2g.dist import free_port
 from r2g.errors import R2GError
 from r2g.eval import generate as generate_module
 from r2g.eval import reconstitute as reconstitute_module
-from r2g.eval import run as run_module
-from r2g.eval.reconstitute import inference_placement, load_for_inference, open_run, zero_checkpoint_weights
+from r2g.eval.reconstitute import inference_placement, load_for_inference, load_run, open_run, zero_checkpoint_weights
 from r2g.model.vision import build_vision_encoder
 from r2g.precision import resolve_precision
 from r2g.train.checkpoint import write_run_config
@@ -175,6 +175,14 @@ def test_generate_writes_reports_and_rejects_unreadable_images(run_dir, assets, 
     assert r.returncode == 2 and "r2g_config.json: not found" in r.stdout
 
 
+def test_load_run_gives_a_decoder_the_model_its_settings_and_tokenizer(run_dir):
+    loaded = load_run(open_run(run_dir), generate={"num_beams": 1, "max_new_tokens": None})  # None: the run's own
+    assert (loaded.rank, loaded.world, loaded.engine, loaded.synced) == (0, 1, None, False)  # one process, whole
+    assert loaded.generate == dataclasses.replace(loaded.cfg.generate, num_beams=1) and loaded.cfg.generate.num_beams == 3
+    assert loaded.tokenizer is loaded.model.tokenizer and not loaded.model.training
+    assert loaded.device == torch.device("cpu") and loaded.precision.name == "fp32"
+
+
 def test_inference_placement_is_cuda_in_bf16_when_there_is_a_gpu(monkeypatch):
     def placed(*args) -> tuple:
         device, precision = inference_placement(*args)
@@ -206,16 +214,16 @@ def test_generate_builds_the_model_where_inference_placement_says(run_dir, asset
                         lambda precision="auto", device=None: (cpu, resolve_precision("bf16", cpu)))
     seen, original = [], generate_module.generate_reports
 
-    def spy(model, precision, cfg, studies, overrides):
-        seen.append((next(model.llm.parameters()).dtype, next(model.mapper.parameters()).dtype,
-                     next(model.mapper.parameters()).device.type))
-        return original(model, precision, cfg, studies, overrides)
+    def spy(run, studies):
+        seen.append((next(run.model.llm.parameters()).dtype, next(run.model.mapper.parameters()).dtype,
+                     next(run.model.mapper.parameters()).device.type, run.generate.max_new_tokens))
+        return original(run, studies)
 
     monkeypatch.setattr(generate_module, "generate_reports", spy)
     out = tmp_path / "reports.txt"
     r = r2g_here("generate", "--ckpt", run_dir, image(assets), "--out", out, *FAST)
     assert r.exit_code == 0, r.output + repr(r.exception)
-    assert seen == [(torch.bfloat16, torch.bfloat16, "cpu")] and len(out.read_text().splitlines()) == 1
+    assert seen == [(torch.bfloat16, torch.bfloat16, "cpu", 3)] and len(out.read_text().splitlines()) == 1
 
 
 def test_run_config_records_absolute_base_paths(tmp_path, monkeypatch):
@@ -269,8 +277,8 @@ def test_bad_inputs_fail_before_any_model_loads(run_dir, assets, tmp_path, monke
     def must_not_run(*args, **kwargs):
         raise AssertionError("heavy work started before the inputs were checked")
 
-    monkeypatch.setattr(reconstitute_module, "load_for_inference", must_not_run)
-    monkeypatch.setattr(run_module, "load_for_inference", must_not_run)
+    monkeypatch.setattr(reconstitute_module, "load_for_inference", must_not_run)  # what load_run calls
+    monkeypatch.setattr(reconstitute_module, "load_partitioned_for_inference", must_not_run)
     monkeypatch.setattr(cli, "progress_bar", must_not_run)
     (tmp_path / "broken.png").write_bytes(b"not an image")
     good = Path(image(assets)).read_bytes()

@@ -7,11 +7,10 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from r2g.config import RunConfig, replace_given
 from r2g.data.loader import Collate
 from r2g.data.transforms import image_transform, to_rgb_tensor
 from r2g.errors import R2GError
-from r2g.precision import Precision
+from r2g.eval.reconstitute import LoadedRun
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
@@ -56,15 +55,13 @@ def load_view(path: Path, transform) -> torch.Tensor:
     return to_rgb_tensor(read_image(path), transform)
 
 
-def generate_reports(model, precision: Precision, cfg: RunConfig, studies: list[list[Path]],
-                     gen_overrides: dict | None = None, synced: bool = False) -> list[dict]:
-    """[{"images": [paths], "report": text}] for each study, in order, by `model` and its `precision` as
-    r2g.eval.reconstitute.load_for_inference returns them. `synced`: the model is partitioned by ZeRO-3 and every
-    rank runs this on the same studies, stepping together until all ranks' beams are done."""
-    device = next(model.parameters()).device
-    gen = replace_given(cfg.generate, **(gen_overrides or {}))
-    transform = image_transform(cfg.data.image_size)
-    collate = Collate(cfg.data.max_views)
+def generate_reports(run: LoadedRun, studies: list[list[Path]]) -> list[dict]:
+    """[{"images": [paths], "report": text}] for each study, in order, by the run (`load_run`) with its
+    generation settings. With the LLM partitioned over several ranks (`run.synced`), every rank runs this on
+    the same studies, stepping together until all ranks' beams are done."""
+    model, precision, device, gen = run.model, run.precision, run.device, run.generate
+    transform = image_transform(run.cfg.data.image_size)
+    collate = Collate(run.cfg.data.max_views)
     results = []
     for start in range(0, len(studies), gen.batch_size):
         chunk = studies[start : start + gen.batch_size]
@@ -74,6 +71,6 @@ def generate_reports(model, precision: Precision, cfg: RunConfig, studies: list[
         ])
         with precision.autocast(device):
             reports = model.generate(batch["images"].to(device, precision.input_dtype), batch["view_mask"].to(device), gen,
-                                     synced_gpus=synced)
+                                     synced_gpus=run.synced)
         results += [{"images": [str(p) for p in paths], "report": r} for paths, r in zip(chunk, reports)]
     return results

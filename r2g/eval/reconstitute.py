@@ -2,8 +2,9 @@
 
 `open_run` checks everything a load needs without loading anything heavy (the config, the base LLM folder and
 its config hash, the vision weights, the trained weights), so bad input fails in a second, before any model
-loads; `load_for_inference` then builds the model on CUDA when there is a GPU, else on the CPU, in the run's
-training precision resolved there (r2g.precision; the default "auto" is bf16 on CUDA, fp32 on the CPU).
+loads; `load_run` then loads it, ready to decode: whole (`load_for_inference`: on CUDA when there is a GPU,
+else on the CPU, in the run's training precision resolved there; r2g.precision's default "auto" is bf16 on
+CUDA, fp32 on the CPU) or with its LLM partitioned across the ranks (`load_partitioned_for_inference`).
 
 The base LLM comes from `r2g_config.json` (or `--llm`), checked against the config hash recorded at
 training time; the trained weights come from `trainable.safetensors` (the best validation export) or, with
@@ -20,10 +21,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from r2g.config import RunConfig, replace_given
+from r2g.config import GenerateConfig, RunConfig, replace_given
 from r2g.errors import R2GError
 from r2g.precision import Precision, resolve_precision
 
@@ -186,3 +188,56 @@ def load_partitioned_for_inference(folder: RunFolder, ds: dict, world: int, batc
     model.load_trainable_state_dict(trained_weights(folder))  # whole still: deepspeed.initialize partitions them
     engine = deepspeed.initialize(model=model.eval(), config=ds)[0]
     return engine, precision
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    """A run loaded for decoding (`load_run`): what `r2g eval`, `r2g generate` and a server decode with."""
+
+    folder: RunFolder
+    model: Any  # r2g.model.r2gen.R2GenGPT in eval mode, trained weights in; `.generate(images, view_mask, gen)`
+    precision: Precision  # decode under `precision.autocast(device)`, images in `precision.input_dtype`
+    generate: GenerateConfig  # the run's generation settings, overrides applied
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    # ZeRO-3 only: the DeepSpeed engine whose hooks gather each partitioned layer for its forward pass. Held
+    # here so it lives as long as this object: keep the LoadedRun, not only its model, while decoding.
+    engine: Any = None
+
+    @property
+    def cfg(self) -> RunConfig:
+        return self.folder.cfg
+
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+    @property
+    def synced(self) -> bool:
+        """The LLM is partitioned over several ranks: every rank must run every forward pass, on its own studies
+        or the same ones, until all ranks are done (HF generate's `synced_gpus`)."""
+        return self.engine is not None and self.world > 1
+
+
+def load_run(folder: RunFolder, ds: dict | None = None, generate: dict[str, Any] | None = None,
+             distributed: bool = False) -> LoadedRun:
+    """`folder`'s run (from `open_run`) ready to decode: the one inference loading sequence.
+
+    ds: a ZeRO-3 config from `partitioned_inference_config`: the LLM partitioned across the ranks of the launch
+    (deepspeed / torchrun; a world of one under plain python). distributed: join the launcher's process group
+    with the whole model on every rank (r2g eval splits a split across them). Neither: this process alone.
+    generate: GenerateConfig fields over the run's own (None values ignored)."""
+    rank, world, device = 0, 1, None
+    if ds is not None or distributed:  # ZeRO-3 needs a process group, even a world of one
+        from r2g.dist import init_distributed
+
+        rank, world, device = init_distributed()
+    gen = replace_given(folder.cfg.generate, **(generate or {}))
+    engine = None
+    if ds is not None:
+        engine, precision = load_partitioned_for_inference(folder, ds, world, gen.batch_size, device)
+        model = engine.module
+    else:
+        model, precision = load_for_inference(folder, device)
+    return LoadedRun(folder, model, precision, gen, next(model.parameters()).device, rank, world, engine)

@@ -19,11 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from r2g.config import GenerateConfig, replace_given
 from r2g.data.loader import SplitShards, make_loader, split_shards, study_images
 from r2g.eval.decode import decode, per_rank_limit
-from r2g.eval.reconstitute import (RunFolder, load_for_inference, load_partitioned_for_inference, open_run,
-                                  partitioned_inference_config)
+from r2g.eval.reconstitute import RunFolder, load_run, open_run, partitioned_inference_config
 from r2g.model.zero3_load import llm_elements_held
 
 
@@ -99,28 +97,19 @@ def evaluate(plan: EvalPlan, on_batch: Callable[[int], None] | None = None) -> d
     from r2g.metrics.score import score
 
     folder, opts, run = plan.run, plan.opts, plan.run.path
-    rank, world, device = 0, 1, None
-    # Launched by deepspeed / torchrun: split the set across ranks. (--ds needs a process group even alone.)
-    if "RANK" in os.environ or plan.ds:
-        from r2g.dist import init_distributed
-
-        rank, world, device = init_distributed()
+    # Launched by deepspeed / torchrun: split the set across ranks. `loaded` lives until the end (ZeRO-3's engine).
+    loaded = load_run(folder, plan.ds, opts.generate, distributed="RANK" in os.environ)
+    model, precision, gen, device = loaded.model, loaded.precision, loaded.generate, loaded.device
+    rank, world = loaded.rank, loaded.world
     cfg, shards, split = folder.cfg, folder.cfg.data.shards, opts.split
-    gen: GenerateConfig = replace_given(cfg.generate, **opts.generate)
-    if plan.ds:  # the engine stays alive while decoding: its hooks gather the partitioned layers
-        engine, precision = load_partitioned_for_inference(folder, plan.ds, world, gen.batch_size, device)
-        model = engine.module
-    else:
-        model, precision = load_for_inference(folder, device)
     held, total = llm_elements_held(model.llm)
-    device = next(model.parameters()).device
     # plan.shards was checked strictly: a score must cover the whole split
     loader, _ = make_loader(plan.shards, dataclasses.replace(cfg.data, workers=opts.workers), batch_size=gen.batch_size,
                             train=False, rank=rank, world=world)
     per_rank = per_rank_limit(opts.max_samples, world)
     with precision.autocast(device):  # decode in the precision the run trained in
         rows = decode(model, loader, gen, device, precision.input_dtype, max_samples=per_rank, distributed=world > 1,
-                      synced=bool(plan.ds) and world > 1, on_batch=on_batch)
+                      synced=loaded.synced, on_batch=on_batch)
     if rank != 0:
         return {}
 
