@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from r2g.config import DATASET_ALIASES, DATASETS, DataConfig
 from r2g.errors import R2GError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Chest X-ray report generation with a frozen LLM.")
@@ -94,8 +95,11 @@ def _shard_command(dataset: str, default_out: str):
     return command
 
 
-shard_app.command("iu-xray")(_shard_command("iu_xray", "shards/iu_xray"))
-shard_app.command("mimic")(_shard_command("mimic_cxr", "shards/mimic_cxr"))
+# `r2g shard DATASET`, named as everywhere else; the older spellings (`r2g shard iu-xray`) work, unlisted.
+for _name in DATASETS:
+    shard_app.command(_name)(_shard_command(_name, f"shards/{_name}"))
+for _alias, _name in DATASET_ALIASES.items():
+    shard_app.command(_alias, hidden=True)(_shard_command(_name, f"shards/{_name}"))
 
 
 @shard_app.command("verify")
@@ -173,10 +177,11 @@ def _flag_type(hint) -> type:
     return str
 
 
-def config_flags(sections: tuple[str, ...], default_from: str = "") -> list[inspect.Parameter]:
-    """One `--flag` per settable field of the config `sections`, named after it (`train.micro_batch` ->
-    `--micro-batch`), with the field's help, choices and default (or `default_from`, where the value comes from).
-    Unset flags are None, so the recipe or the default stands."""
+def config_flags(sections: tuple[str, ...], default_from: str = "",
+                 only: tuple[str, ...] | None = None) -> list[inspect.Parameter]:
+    """One `--flag` per settable field of the config `sections` (or only the fields named in `only`), named after
+    it (`train.micro_batch` -> `--micro-batch`), with the field's help, choices and default (or `default_from`,
+    where the value comes from). Unset flags are None, so the recipe or the default stands."""
     from r2g.config import SECTIONS, choices, flag_name
 
     params = []
@@ -184,7 +189,7 @@ def config_flags(sections: tuple[str, ...], default_from: str = "") -> list[insp
         klass = SECTIONS[section]
         hints = typing.get_type_hints(klass)
         for f in dataclasses.fields(klass):
-            if not f.metadata.get("cli", True):
+            if not f.metadata.get("cli", True) or (only is not None and f.name not in only):
                 continue
             kind, flag = _flag_type(hints[f.name]), flag_name(f)
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
@@ -252,10 +257,11 @@ def train(
         console.print(f"[green]done[/]: {result['steps']} steps; {chosen} weights in {cfg.train.out}/trainable.safetensors")
 
 
-def with_config_flags(command, sections: tuple[str, ...], default_from: str = ""):
-    """Give `command(..., **flags)` one CLI option per field of the config `sections` (Typer reads the signature)."""
+def with_config_flags(command, sections: tuple[str, ...], default_from: str = "", only: tuple[str, ...] | None = None):
+    """Give `command(..., **flags)` one CLI option per field of the config `sections` (or only the fields named
+    in `only`; Typer reads the signature)."""
     own = [p for p in inspect.signature(command).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    command.__signature__ = inspect.Signature(own + config_flags(sections, default_from))
+    command.__signature__ = inspect.Signature(own + config_flags(sections, default_from, only))
     return command
 
 
@@ -417,40 +423,42 @@ def demo(
 
 
 # ---------------------------------------------------------------------------------------------- plan
-@app.command()
+# The run settings `r2g plan` takes, as `r2g train` does (same flags, help and defaults, from r2g/config.py).
+PLAN_SETTINGS = ("mode", "grad_ckpt", "ds_config", "micro_batch", "precision")
+
+
 def plan(
     llm: str = typer.Option(..., help="Local HF folder (only config.json is read) or a built-in config: llama2-7b, "
                                       "llama2-13b, llama2-70b, llama3-8b, llama3-70b, mistral-7b, qwen2.5-7b, qwen2.5-72b."),
-    mode: str = typer.Option("delta", help="shallow, delta or deep."),
     gpus: int = typer.Option(1, help="GPUs per node."),
     nodes: int = typer.Option(1, help="Nodes."),
     gpu_mem: float = typer.Option(80.0, help="Memory per GPU in GiB (per process with --device cpu)."),
-    ds: str = typer.Option("ds_configs/zero2.json", help="DeepSpeed config: its ZeRO stage, offload and bucket sizes."),
-    micro_batch: int = typer.Option(6, help="Studies per GPU per step."),
-    grad_ckpt: bool = typer.Option(False, "--grad-ckpt", help="Activation checkpointing of the LLM's layers."),
-    dataset: str = typer.Option("mimic", help="mimic or iu: report token budget, views and train studies."),
+    dataset: str = typer.Option(DataConfig.dataset, help=f"{' or '.join(DATASETS)}: report token budget, views and "
+                                                         "train studies."),
     studies: Optional[int] = typer.Option(None, help="Train studies per epoch [MIMIC-CXR 270,790; IU-Xray 2,069]."),
     mfu: float = typer.Option(0.40, help="Assumed model FLOPs utilisation (0-1) for the time estimate."),
     gpu: str = typer.Option("H100", help="GPU name for its bf16 peak (H100, H100 PCIe, H200, A100)."),
     gpu_tflops: Optional[float] = typer.Option(None, help="Peak TFLOP/s per GPU, instead of --gpu's."),
     device: str = typer.Option("cuda", help="cuda, or cpu: a CPU process as r2g trains there (fp32, no CUDA context)."),
-    precision: str = typer.Option("auto", help="As r2g train: auto (bf16 on cuda, fp32 on cpu), bf16, bf16-mixed, fp32."),
     json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON instead of a table."),
+    **settings,
 ):
     """Will a training run fit in GPU memory, and how long will an epoch take? (no GPU, no weights needed)"""
-    from r2g.config import ModelConfig
+    from r2g.config import ModelConfig, TrainConfig, dataset_name
     from r2g.model.flops import peak_flops
-    from r2g.plan import GIB, Setup, estimate, load_llm_shape, read_ds, vision_shape
+    from r2g.plan import GIB, Setup, estimate, load_llm_shape, vision_shape
 
     if device not in ("cuda", "cpu"):
         raise R2GError(f"--device '{device}': choose cuda or cpu")
     peak = gpu_tflops * 1e12 if gpu_tflops else (peak_flops(gpu) if device == "cuda" else None)
     if device == "cuda" and peak is None:
         raise R2GError(f"--gpu '{gpu}': unknown peak; name H100, H100 PCIe, H200 or A100, or pass --gpu-tflops")
-    setup = Setup(mode=mode, gpus=gpus, nodes=nodes, mem_gib=gpu_mem, ds=read_ds(ds), micro_batch=micro_batch,
-                  grad_ckpt=grad_ckpt, dataset=dataset, studies=studies, device=device, precision=precision, mfu=mfu,
-                  peak_tflops=peak / 1e12 if peak else None)
-    result = estimate(load_llm_shape(llm), vision_shape(ModelConfig(mode=mode)), setup)
+    given = config_overrides(settings)
+    model, train = ModelConfig(**given.get("model", {})), TrainConfig(**given.get("train", {}))
+    setup = Setup.from_config(model, train, gpus=gpus, nodes=nodes, mem_gib=gpu_mem, dataset=dataset_name(dataset),
+                              studies=studies, device=device, mfu=mfu, peak_tflops=peak / 1e12 if peak else None)
+    mode, grad_ckpt, precision = setup.mode, setup.grad_ckpt, setup.precision
+    result = estimate(load_llm_shape(llm), vision_shape(model), setup)
     if json_out:
         print(json.dumps(result.to_dict(), indent=2))
         return
@@ -481,6 +489,9 @@ def plan(
     console.print("assumptions: " + ", ".join(f"{k} {v:g}" for k, v in result.assumptions.items()), highlight=False)
     for line in result.suggestions:
         console.print(f"[yellow]would fit:[/] {line}", highlight=False)
+
+
+app.command()(with_config_flags(plan, ("model", "train"), only=PLAN_SETTINGS))
 
 
 def main() -> None:

@@ -31,6 +31,10 @@ Precision = Literal["auto", "bf16", "bf16-mixed", "fp32"]
 LrSchedule = Literal["warmup_cosine", "epoch_cosine"]
 DATASETS: tuple[str, ...] = typing.get_args(Dataset)
 MODES: tuple[str, ...] = typing.get_args(Mode)
+# The one table of dataset names. A dataset is named as in `Dataset` everywhere (manifest.json, r2g_config.json,
+# recipes, `r2g shard NAME`, `r2g plan --dataset`, messages); these older spellings, which documented commands
+# took (`r2g shard iu-xray|mimic`, `r2g plan --dataset iu|mimic`), keep working.
+DATASET_ALIASES: dict[str, str] = {"iu-xray": "iu_xray", "iu": "iu_xray", "mimic": "mimic_cxr"}
 
 RANDOM_WEIGHTS = "none"  # --vision-weights none: a random Swin, asked for on purpose
 
@@ -258,6 +262,14 @@ def replace_given(obj, **changes):
     """`obj` with the fields given a value replaced: None values are ignored, so flags left unset keep what
     `obj` says (unlike `dataclasses.replace`, which would set them to None)."""
     return dataclasses.replace(obj, **{k: v for k, v in changes.items() if v is not None})
+
+
+def dataset_name(spelling: str, flag: str = "--dataset") -> str:
+    """The dataset `spelling` names (one of DATASETS), an older spelling included (DATASET_ALIASES)."""
+    name = DATASET_ALIASES.get(spelling, spelling)
+    if name not in DATASETS:
+        raise R2GError(f"{flag} '{spelling}': unknown dataset; choose one of {', '.join(DATASETS)}")
+    return name
 
 
 def preset(dataset: str) -> dict[str, int]:

@@ -36,7 +36,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from r2g.config import PROMPT, ModelConfig, preset, read_json
+from r2g.config import PROMPT, DataConfig, ModelConfig, TrainConfig, preset, read_json
 from r2g.errors import R2GError
 
 CONFIGS = Path(__file__).resolve().parent / "model" / "configs"
@@ -45,13 +45,13 @@ GIB = 2**30
 # Architectures whose decoder layer is Llama's (RMSNorm, RoPE, SwiGLU MLP), the layout the formulas count.
 LLAMA_LIKE = ("llama", "mistral", "qwen2")
 
-# `--dataset` -> DATASET_PRESETS key, train studies and views per study. Studies: R2Gen's split, which
+# Per dataset (r2g.config.DATASETS): train studies and views per study. Studies: R2Gen's split, which
 # R2GenGPT uses (paper: MIMIC-CXR 270,790 train / 2,130 val / 3,858 test; IU-Xray 2,069 / 296 / 590 in R2Gen's
 # annotation.json; the IU-Xray annotation in shared/data follows another split, 3,062 train studies: pass
 # --studies). Views: R2Gen's MIMIC-CXR annotation has one image per study, its IU-Xray two.
 DATASET_FACTS = {
-    "mimic": {"preset": "mimic_cxr", "train_studies": 270_790, "views": 1},
-    "iu": {"preset": "iu_xray", "train_studies": 2_069, "views": 2},
+    "mimic_cxr": {"train_studies": 270_790, "views": 1},
+    "iu_xray": {"train_studies": 2_069, "views": 2},
 }
 
 # Stated assumptions until a GPU run calibrates them (bench/gpu_check.py compares its peaks with these).
@@ -291,24 +291,33 @@ def read_ds(path: str) -> DSFacts:
 
 @dataclass(frozen=True)
 class Setup:
-    """One planned run: everything `estimate` needs besides the model shapes."""
+    """One planned run: everything `estimate` needs besides the model shapes. The settings a run has too
+    (mode, LoRA rank, checkpointing, micro-batch, precision, DeepSpeed config, dataset) default to the run
+    config's defaults (r2g.config); `from_config` takes them from a run's."""
 
-    mode: str = "delta"
+    mode: str = ModelConfig.mode
     gpus: int = 1  # per node
     nodes: int = 1
     mem_gib: float = 80.0  # per GPU (per process on CPU)
-    ds: DSFacts = field(default_factory=DSFacts)
-    micro_batch: int = 6
-    grad_ckpt: bool = False
-    dataset: str = "mimic"
+    ds: DSFacts = field(default_factory=lambda: read_ds(TrainConfig.ds_config))
+    micro_batch: int = TrainConfig.micro_batch
+    grad_ckpt: bool = ModelConfig.grad_ckpt
+    dataset: str = DataConfig.dataset
     studies: int | None = None  # train studies per epoch; None = the dataset's
     seq_len: int | None = None  # the longest sequence; None = prompt + visual tokens + the dataset's report budget
     views: int | None = None  # images per study; None = the dataset's
     device: str = "cuda"  # cuda | cpu
-    precision: str = "auto"  # train.precision: auto (bf16 on CUDA, fp32 on CPU) | bf16 | bf16-mixed | fp32
+    precision: str = TrainConfig.precision  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | bf16-mixed | fp32
     mfu: float = 0.40
     peak_tflops: float | None = 989.0  # dense bf16 peak per GPU (H100 SXM); None = unknown (no time estimate)
     lora_r: int = ModelConfig.lora_r
+
+    @classmethod
+    def from_config(cls, model: ModelConfig, train: TrainConfig, **planned) -> "Setup":
+        """The setup of a run with these settings (its `--ds` read); `planned`: the other fields (GPUs, memory,
+        dataset, ...)."""
+        return cls(mode=model.mode, lora_r=model.lora_r, grad_ckpt=model.grad_ckpt, micro_batch=train.micro_batch,
+                   precision=train.precision, ds=read_ds(train.ds_config), **planned)
 
     @property
     def world(self) -> int:
@@ -332,7 +341,7 @@ def sequence(setup: Setup, vision: VisionShape) -> dict[str, int]:
     from r2g.model.prompt import IMAGE_OPEN, text_after_image
 
     prompt = 1 + math.ceil(len(IMAGE_OPEN + text_after_image(PROMPT)) / 4)
-    report = preset(DATASET_FACTS[setup.dataset]["preset"])["max_report_tokens"]
+    report = preset(setup.dataset)["max_report_tokens"]
     visual = vision.tokens_per_view  # the views of a study are averaged into one grid (view_merge "mean")
     if setup.seq_len:  # a measured length (bench/plan_check.py): the report is what the prompt leaves
         report = setup.seq_len - prompt - visual
@@ -456,7 +465,7 @@ def estimate(llm: LLMShape, vision: VisionShape, setup: Setup, suggest: bool = T
     if setup.mode not in VISION_SAVED_PER_TOKEN_CHANNEL:
         raise R2GError(f"--mode '{setup.mode}': choose shallow, delta or deep")
     if setup.dataset not in DATASET_FACTS:
-        raise R2GError(f"--dataset '{setup.dataset}': choose one of {sorted(DATASET_FACTS)}")
+        raise R2GError(f"--dataset '{setup.dataset}': choose one of {', '.join(DATASET_FACTS)}")
     seq = sequence(setup, vision)
     T = seq["total"]
     rows, host, total = memory_rows(llm, vision, setup, T, setup.micro_batch)

@@ -3,6 +3,7 @@ against what autograd really keeps, suggestions when a run does not fit, and the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -216,7 +217,7 @@ def test_plan_command_reads_a_local_folder_and_prints_json(tmp_path):
         {"model_type": "llama", "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 2,
          "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 10}))
     runner = CliRunner()
-    result = runner.invoke(app, ["plan", "--llm", str(folder), "--json", "--gpus", "2", "--dataset", "iu"])
+    result = runner.invoke(app, ["plan", "--llm", str(folder), "--json", "--gpus", "2", "--dataset", "iu_xray"])
     assert result.exit_code == 0, result.output
     plan = json.loads(result.stdout)
     assert plan["llm_params"] == TINY.params
@@ -229,6 +230,33 @@ def test_plan_command_reads_a_local_folder_and_prints_json(tmp_path):
     assert table.exit_code == 0 and "does not fit" in table.stdout and "zero3.json over >=" in table.stdout
     bad = runner.invoke(app, ["plan", "--llm", str(tmp_path / "nowhere")])
     assert isinstance(bad.exception, R2GError) and "built-in config" in str(bad.exception)
+
+
+def test_plan_takes_the_run_settings_as_r2g_train_does():
+    """--mode, --grad-ckpt, --ds, --micro-batch and --precision are r2g/config.py's flags (same defaults, same
+    checks); --dataset takes the datasets' names, and the older short ones."""
+    from typer.testing import CliRunner
+
+    from r2g.cli import app
+    from r2g.config import ModelConfig, TrainConfig
+
+    def setup(*flags):
+        result = CliRunner().invoke(app, ["plan", "--llm", "llama2-7b", "--json", *flags])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)["setup"]
+
+    default = setup()
+    assert (default["mode"], default["micro_batch"], default["grad_ckpt"], default["precision"], default["dataset"]) == (
+        ModelConfig.mode, TrainConfig.micro_batch, ModelConfig.grad_ckpt, TrainConfig.precision, "mimic_cxr")
+    assert default["ds"] == dataclasses.asdict(read_ds(TrainConfig.ds_config)) == dataclasses.asdict(Setup().ds)
+    given = setup("--mode", "deep", "--grad-ckpt", "--ds", "ds_configs/zero3.json", "--micro-batch", "3",
+                  "--precision", "bf16", "--dataset", "iu")
+    assert (given["mode"], given["grad_ckpt"], given["ds"]["stage"], given["micro_batch"], given["precision"],
+            given["dataset"]) == ("deep", True, 3, 3, "bf16", "iu_xray")
+    for flags, message in ((("--mode", "huge"), "model.mode (--mode): 'huge' is not one of shallow, delta, deep"),
+                           (("--dataset", "chexpert"), "--dataset 'chexpert': unknown dataset; choose one of iu_xray, mimic_cxr")):
+        bad = CliRunner().invoke(app, ["plan", "--llm", "llama2-7b", *flags])
+        assert isinstance(bad.exception, R2GError) and message in str(bad.exception)
 
 
 

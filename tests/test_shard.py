@@ -209,3 +209,19 @@ def test_shard_verify_command_exits_non_zero_naming_the_bad_shards(raw_dataset, 
     bad = subprocess.run(verify, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "1 of 4 shard(s) damaged: val-000000.tar (checksum differs" in bad.stdout
     assert "Traceback" not in bad.stdout + bad.stderr
+
+
+def test_shard_commands_are_named_by_dataset_and_the_older_spellings_still_work(raw_dataset, tmp_path):
+    from typer.testing import CliRunner
+
+    from r2g.cli import app
+
+    listing = CliRunner().invoke(app, ["shard", "--help"]).stdout
+    assert "iu_xray" in listing and "mimic_cxr" in listing
+    assert "iu-xray" not in listing and "mimic " not in listing  # older spellings: accepted, not listed
+    for command, dataset in (("iu_xray", "iu_xray"), ("iu-xray", "iu_xray"), ("mimic", "mimic_cxr")):
+        out = tmp_path / command
+        r = CliRunner().invoke(app, ["shard", command, "--annotation", str(raw_dataset), "--images",
+                                     str(raw_dataset.parent / "images"), "--out", str(out), "--workers", "1"])
+        assert r.exit_code == 0, r.output
+        assert json.loads((out / "manifest.json").read_text())["dataset"] == dataset
