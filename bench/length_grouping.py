@@ -56,7 +56,7 @@ def mimic_reports(n: int, seed: int = 0) -> list[str]:
     from r2g.demo.report_text import write_report
     from r2g.demo.sample import sample_study
 
-    return [clean_report(write_report(sample_study(seed, i, "mimic"))[0], "mimic_cxr") for i in range(n)]
+    return [clean_report(write_report(sample_study(seed, i, "mimic_cxr"))[0], "mimic_cxr") for i in range(n)]
 
 
 def train_order(reports: list[str], grouped: bool, epoch: int, seed: int = 42) -> list[list[str]]:

@@ -173,7 +173,7 @@ def prepare(work: Path) -> Path:
     if not (shards / "manifest.json").is_file():
         run = lambda *a: subprocess.run([sys.executable, "-m", "r2g.cli", *a], check=True, cwd=ROOT,  # noqa: E731
                                         capture_output=True)
-        run("synth", "--out", str(work / "data"), "--studies", "60", "--style", "mimic", "--image-size", "256")
+        run("synth", "--out", str(work / "data"), "--studies", "60", "--style", "mimic_cxr", "--image-size", "256")
         run("shard", "mimic_cxr", "--annotation", str(work / "data" / "annotation.json"), "--images",
             str(work / "data" / "images"), "--out", str(shards), "--shard-size", "20")
     return shards

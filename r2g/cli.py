@@ -41,15 +41,18 @@ def progress_bar() -> Progress:
 def synth(
     out: Path = typer.Option(Path("data/synth"), help="Output folder (annotation.json + images/)."),
     studies: int = typer.Option(1000, help="Number of studies."),
-    style: str = typer.Option("mimic", help="mimic (1 frontal view) or iu-xray (frontal + lateral)."),
+    style: str = typer.Option("mimic_cxr", help="The dataset to imitate: mimic_cxr (1 frontal view) or iu_xray "
+                                                "(frontal + lateral)."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives byte-identical output."),
     image_size: int = typer.Option(256, help="Image side in pixels."),
     workers: int = typer.Option(2, help="Worker processes."),
 ):
     """Generate a synthetic chest X-ray dataset in the R2Gen raw layout (with CheXpert ground truth)."""
+    from r2g.config import dataset_name
     from r2g.demo.dataset import generate
 
-    summary = generate(out, studies=studies, style=style, seed=seed, image_size=image_size, workers=workers)
+    summary = generate(out, studies=studies, style=dataset_name(style, "--style"), seed=seed, image_size=image_size,
+                       workers=workers)
     console.print(f"[green]wrote[/] {out}/annotation.json and images: {summary}")
 
 

@@ -33,7 +33,7 @@ DATASETS: tuple[str, ...] = typing.get_args(Dataset)
 MODES: tuple[str, ...] = typing.get_args(Mode)
 # The one table of dataset names. A dataset is named as in `Dataset` everywhere (manifest.json, r2g_config.json,
 # recipes, `r2g shard NAME`, `r2g plan --dataset`, messages); these older spellings, which documented commands
-# took (`r2g shard iu-xray|mimic`, `r2g plan --dataset iu|mimic`), keep working.
+# took (`r2g shard iu-xray|mimic`, `r2g plan --dataset iu|mimic`, `r2g synth --style mimic|iu-xray`), keep working.
 DATASET_ALIASES: dict[str, str] = {"iu-xray": "iu_xray", "iu": "iu_xray", "mimic": "mimic_cxr"}
 
 RANDOM_WEIGHTS = "none"  # --vision-weights none: a random Swin, asked for on purpose

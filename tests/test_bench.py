@@ -127,7 +127,7 @@ def test_encoder_probe_on_generated_shards(tmp_path):
     from r2g.data.shard import ShardOptions, shard_dataset
     from r2g.demo.dataset import generate
 
-    generate(tmp_path / "data", studies=60, style="mimic", seed=0, image_size=64, workers=1)
+    generate(tmp_path / "data", studies=60, style="mimic_cxr", seed=0, image_size=64, workers=1)
     shard_dataset(tmp_path / "data" / "annotation.json", tmp_path / "data" / "images", tmp_path / "shards",
                   ShardOptions("mimic_cxr", shard_size=50))
     r = run_bench("encoder_probe.py", tmp_path / "p.json", "--shards", str(tmp_path / "shards"), "--image-size", "64",

@@ -71,7 +71,7 @@ def _validate(out_dir, studies, style, seed, image_size, workers) -> Path:
     return out
 
 
-def generate(out_dir: str | Path, studies: int, style: str = "mimic", seed: int = 0, image_size: int = 256,
+def generate(out_dir: str | Path, studies: int, style: str = "mimic_cxr", seed: int = 0, image_size: int = 256,
              workers: int = 2) -> dict:
     """Write `studies` synthetic studies to `out_dir` (images/<id>/<view>.png + annotation.json, R2Gen layout).
 

@@ -182,10 +182,10 @@ def _assemble(study: Study, sections: dict, impressions: list[str], rng) -> str:
     if rng.random() < 0.2:
         rng.shuffle(order)
     findings = [s for name in order for s in sections[name]]
-    if rng.random() < (0.4 if study.style == "mimic" else 0.25):
+    if rng.random() < (0.4 if study.style == "mimic_cxr" else 0.25):
         findings.insert(0, pick(rng, templates()["views"][study.style][str(study.views)]))
-    numbered = len(impressions) > 1 and rng.random() < (0.4 if study.style == "mimic" else 0.7)
+    numbered = len(impressions) > 1 and rng.random() < (0.4 if study.style == "mimic_cxr" else 0.7)
     impression = " ".join(f"{i}. {s}" for i, s in enumerate(impressions, 1)) if numbered else " ".join(impressions)
-    if study.style == "mimic" and rng.random() < 0.55:
+    if study.style == "mimic_cxr" and rng.random() < 0.55:
         return f"FINDINGS: {' '.join(findings)}\n\nIMPRESSION: {impression}"
     return f"{' '.join(findings)} {impression}"

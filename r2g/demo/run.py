@@ -133,7 +133,7 @@ def _run_stages(opts: DemoOptions, log: Callable[[str], None]) -> dict:
 
     log("1/6 generate a synthetic MIMIC-style dataset")
     data = opts.out / "data"
-    generate(data, studies=opts.studies, style="mimic", seed=opts.seed, image_size=256, workers=2)
+    generate(data, studies=opts.studies, style="mimic_cxr", seed=opts.seed, image_size=256, workers=2)
     timings["synth"] = time.time() - t0
 
     log("2/6 shard it")

@@ -21,16 +21,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-STYLES = ("mimic", "iu-xray")
+# The dataset a synthetic study imitates, named as r2g.config.DATASETS. In this order: a study's random streams
+# are keyed by the position here (study_rng), so a seed keeps giving the same data.
+STYLES = ("mimic_cxr", "iu_xray")
 
 # Independent per-study prevalence. Their product leaves ~35-45 % of studies with no finding at all;
 # MIMIC (ICU-heavy) has more devices, effusions and edema, IU-Xray (outpatient) more normals.
 KINDS = ("cardiomegaly", "effusion", "pneumothorax", "consolidation", "edema",
          "atelectasis", "lesion", "fracture", "devices")
 PREVALENCE = {
-    "mimic": dict(cardiomegaly=0.15, effusion=0.16, pneumothorax=0.05, consolidation=0.10, edema=0.10,
+    "mimic_cxr": dict(cardiomegaly=0.15, effusion=0.16, pneumothorax=0.05, consolidation=0.10, edema=0.10,
                   atelectasis=0.10, lesion=0.06, fracture=0.04, devices=0.18),
-    "iu-xray": dict(cardiomegaly=0.18, effusion=0.12, pneumothorax=0.04, consolidation=0.08, edema=0.07,
+    "iu_xray": dict(cardiomegaly=0.18, effusion=0.12, pneumothorax=0.04, consolidation=0.08, edema=0.07,
                     atelectasis=0.12, lesion=0.08, fracture=0.05, devices=0.08),
 }
 FAINT_RATE = 0.2  # share of (non-device) findings drawn faintly and reported with hedging
@@ -115,7 +117,7 @@ class Study:
 
     @property
     def study_id(self) -> str:
-        return f"{'s' if self.style == 'mimic' else 'CXR'}{self.index:05d}"
+        return f"{'s' if self.style == 'mimic_cxr' else 'CXR'}{self.index:05d}"
 
     def finding(self, kind: str) -> Finding | None:
         return next((f for f in self.findings if f.kind == kind), None)
@@ -143,7 +145,7 @@ def sample_study(seed: int, index: int, style: str) -> Study:
     anatomy = _sample_anatomy(rng, ctr=cardio.geo["ctr"] if cardio else rng.uniform(0.40, 0.48))
     findings = [cardio] if cardio else []
     findings += [_SAMPLERS[k](rng, anatomy, certain[k], style) for k in KINDS[1:] if k in certain]
-    views = 1 if style == "mimic" or rng.random() < IU_SINGLE_VIEW_RATE else 2
+    views = 1 if style == "mimic_cxr" or rng.random() < IU_SINGLE_VIEW_RATE else 2
     return Study(seed, index, style, anatomy, tuple(findings), views)
 
 
@@ -283,7 +285,7 @@ def _sample_fracture(rng, a: Anatomy, certain: bool, style: str) -> Finding:
 
 def _sample_devices(rng, a: Anatomy, certain: bool, style: str) -> Finding:
     """Any non-empty combination of endotracheal tube, central line and pacemaker (ICU lines for MIMIC)."""
-    p_ett, p_line = (0.55, 0.6) if style == "mimic" else (0.15, 0.35)
+    p_ett, p_line = (0.55, 0.6) if style == "mimic_cxr" else (0.15, 0.35)
     geo = {}
     while not geo:
         if rng.random() < p_ett:

@@ -33,7 +33,7 @@ def test_layout(generated, style):
     assert {k: len(v) for k, v in annotation.items()} == {"train": 35, "val": 5, "test": 10} == summary["studies"]
     entries = [e for split in annotation.values() for e in split]
     assert len({e["id"] for e in entries}) == 50
-    prefix = "s" if style == "mimic" else "CXR"
+    prefix = "s" if style == "mimic_cxr" else "CXR"
     views = Counter()
     for split, items in annotation.items():
         for e in items:
@@ -46,7 +46,7 @@ def test_layout(generated, style):
             for path in e["image_path"]:
                 with Image.open(folder / "images" / path) as im:
                     assert im.format == "PNG" and im.mode == "L" and im.size == (96, 96)
-    if style == "mimic":
+    if style == "mimic_cxr":
         assert views == {1: 50}
     else:
         assert set(views) == {1, 2} and views[2] > views[1]
@@ -66,9 +66,9 @@ def tree(folder: Path) -> dict[str, bytes]:
 
 
 def test_deterministic_whatever_the_workers(tmp_path):
-    generate(tmp_path / "a", 16, style="iu-xray", seed=3, image_size=64, workers=2)
-    generate(tmp_path / "b", 16, style="iu-xray", seed=3, image_size=64, workers=1)
-    generate(tmp_path / "c", 16, style="iu-xray", seed=4, image_size=64, workers=1)
+    generate(tmp_path / "a", 16, style="iu_xray", seed=3, image_size=64, workers=2)
+    generate(tmp_path / "b", 16, style="iu_xray", seed=3, image_size=64, workers=1)
+    generate(tmp_path / "c", 16, style="iu_xray", seed=4, image_size=64, workers=1)
     a, b, c = tree(tmp_path / "a"), tree(tmp_path / "b"), tree(tmp_path / "c")
     assert a == b
     assert a["annotation.json"] != c["annotation.json"]

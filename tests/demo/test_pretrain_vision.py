@@ -60,7 +60,7 @@ def test_a_study_without_a_target_is_named():
 def toy_pretraining(tmp_path_factory) -> tuple[ModelConfig, DataConfig, dict[str, torch.Tensor]]:
     """A tiny Swin's config, generated 64 px shards of 40 studies, and their train studies' targets (read only)."""
     root = tmp_path_factory.mktemp("pretraining")
-    generate(root / "data", studies=40, style="mimic", seed=0, image_size=64, workers=1)
+    generate(root / "data", studies=40, style="mimic_cxr", seed=0, image_size=64, workers=1)
     shard_dataset(root / "data" / "annotation.json", root / "data" / "images", root / "shards",
                   ShardOptions("mimic_cxr", shard_size=20))
     train = json.loads((root / "data" / "annotation.json").read_text())["train"]

@@ -47,8 +47,8 @@ def auc(pos, neg) -> float:
 
 
 def test_effusion_brightens_its_costophrenic_angle():
-    normals = [s for s in (sample_study(11, i, "mimic") for i in range(200)) if not s.findings][:25]
-    effusions = find("mimic", "effusion", 25)
+    normals = [s for s in (sample_study(11, i, "mimic_cxr") for i in range(200)) if not s.findings][:25]
+    effusions = find("mimic_cxr", "effusion", 25)
 
     def score(study, side):  # recess brightness relative to the same lung's mid zone
         img, a = frontal(study), study.anatomy
@@ -69,7 +69,7 @@ def test_effusion_brightens_its_costophrenic_angle():
             assert gain[side] > 25, (f, gain)
         if f.side != "bilateral":
             assert gain[{"right": "left", "left": "right"}[f.side]] < 2
-    for study in find("mimic", "effusion", 8, certain=False):  # faint: hedged, still visible
+    for study in find("mimic_cxr", "effusion", 8, certain=False):  # faint: hedged, still visible
         roi = costophrenic_roi(study.anatomy, sides(study)[0])
         assert frontal(study)[roi].mean() - frontal(without(study, "effusion"))[roi].mean() > 8
 
@@ -93,8 +93,8 @@ def heart_width_ratio(study) -> float:
 
 
 def test_cardiomegaly_widens_the_heart():
-    normals = [s for s in (sample_study(11, i, "iu-xray") for i in range(200)) if not s.findings][:20]
-    enlarged = find("iu-xray", "cardiomegaly", 20, alone=True)
+    normals = [s for s in (sample_study(11, i, "iu_xray") for i in range(200)) if not s.findings][:20]
+    enlarged = find("iu_xray", "cardiomegaly", 20, alone=True)
     pos = [heart_width_ratio(s) for s in enlarged]
     neg = [heart_width_ratio(s) for s in normals]
     assert min(pos) > 0.54 and max(neg) < 0.52, (sorted(pos), sorted(neg))
@@ -119,7 +119,7 @@ def side_changes(study, kind) -> tuple[float, float]:
 
 @pytest.mark.parametrize("kind", ["pneumothorax", "consolidation", "lesion", "atelectasis", "fracture"])
 def test_unilateral_findings_drawn_on_their_side(kind):
-    for study in find("mimic", kind, 6):
+    for study in find("mimic_cxr", kind, 6):
         f = study.finding(kind)
         if f.side == "bilateral":
             continue
@@ -129,23 +129,23 @@ def test_unilateral_findings_drawn_on_their_side(kind):
 
 
 def test_local_findings_are_conspicuous():
-    for study in find("mimic", "lesion", 8):  # nodules and masses: bright disc at the sampled spot
+    for study in find("mimic_cxr", "lesion", 8):  # nodules and masses: bright disc at the sampled spot
         g = study.finding("lesion").geo
         y, x = int(g["y"] * SIZE), int(g["x"] * SIZE)
         assert (frontal(study) - frontal(without(study, "lesion")))[y - 1:y + 2, x - 1:x + 2].mean() > 40
-    for study in find("mimic", "consolidation", 8):
+    for study in find("mimic_cxr", "consolidation", 8):
         g = study.finding("consolidation").geo
         y, x, r = int(g["y"] * SIZE), int(g["x"] * SIZE), max(2, int(0.5 * g["r"] * SIZE))
         assert (frontal(study) - frontal(without(study, "consolidation")))[y - r:y + r, x - r:x + r].mean() > 30
-    for study in find("mimic", "pneumothorax", 8):  # collapsed lung: a darker rim without markings
+    for study in find("mimic_cxr", "pneumothorax", 8):  # collapsed lung: a darker rim without markings
         assert (frontal(study) - frontal(without(study, "pneumothorax"))).min() < -20
-    for study in find("mimic", "fracture", 8):  # a broken rib changes a small, bounded area
+    for study in find("mimic_cxr", "fracture", 8):  # a broken rib changes a small, bounded area
         changed = np.abs(frontal(study) - frontal(without(study, "fracture"))) > 12
         assert 5 < changed.sum() < 0.01 * SIZE * SIZE
 
 
 def test_edema_is_bilateral_perihilar():
-    for study in find("mimic", "edema", 6):
+    for study in find("mimic_cxr", "edema", 6):
         a = study.anatomy
         gain = frontal(study) - frontal(without(study, "edema"))
         rows = slice(int((a.carina_y + 0.04) * SIZE), int((a.carina_y + 0.14) * SIZE))
@@ -155,7 +155,7 @@ def test_edema_is_bilateral_perihilar():
 
 
 def test_devices_are_bright_lines_and_boxes():
-    for study in find("mimic", "devices", 12):
+    for study in find("mimic_cxr", "devices", 12):
         g = study.finding("devices").geo
         img, bare = frontal(study), frontal(without(study, "devices"))
         assert ((img - bare) > 40).sum() > 60
@@ -166,7 +166,7 @@ def test_devices_are_bright_lines_and_boxes():
 
 
 def test_lateral_view_shows_effusion():
-    for study in find("iu-xray", "effusion", 6):
+    for study in find("iu_xray", "effusion", 6):
         a = study.anatomy
         y = lateral_diaphragm_y(a, a.post_x)
         box = np.s_[int((y - 0.06) * SIZE):int(y * SIZE), int((a.post_x - 0.2) * SIZE):int((a.post_x - 0.08) * SIZE)]

@@ -126,11 +126,11 @@ def test_prevalence_and_variety(studies):
         # Reports differ: no template dominates, so text alone cannot score well.
         top_count = Counter(r for _, r, _ in subset).most_common(1)[0][1]
         assert top_count < 0.03 * len(subset)
-        assert all(r.strip() and clean_report(r, "mimic_cxr" if style == "mimic" else "iu_xray") for _, r, _ in subset)
-    single = [s.views == 1 for s, _, _ in studies if s.style == "iu-xray"]
+        assert all(r.strip() and clean_report(r, style) for _, r, _ in subset)
+    single = [s.views == 1 for s, _, _ in studies if s.style == "iu_xray"]
     assert 0.05 < np.mean(single) < 0.16
-    assert all(s.views == 1 for s, _, _ in studies if s.style == "mimic")
-    mimic_reports = [r for s, r, _ in studies if s.style == "mimic"]
+    assert all(s.views == 1 for s, _, _ in studies if s.style == "mimic_cxr")
+    mimic_reports = [r for s, r, _ in studies if s.style == "mimic_cxr"]
     assert any(r.startswith("FINDINGS:") and "\n\nIMPRESSION: " in r for r in mimic_reports)
     assert any("FINDINGS:" not in r for r in mimic_reports)
 
