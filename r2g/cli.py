@@ -202,6 +202,9 @@ def config_flags(sections: tuple[str, ...], default_from: str = "",
             option = typer.Option(None, spelling, help=help_text, rich_help_panel=f"{section} settings")
             params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
                                             annotation=Optional[kind]))
+    unknown = set(only or ()) - {p.name for p in params}
+    if unknown:
+        raise TypeError(f"config_flags: no settable field {sorted(unknown)} in the sections {sections}")
     return params
 
 

@@ -205,3 +205,12 @@ def test_two_fields_the_cli_cannot_tell_apart_are_refused_naming_both():
         check_flag_names({**SECTIONS, "extra": SameSpelling})
     with pytest.raises(TypeError, match=r"data\.augment and extra\.no_augment .* '--no-augment'"):
         check_flag_names({**SECTIONS, "extra": SwitchNegation})
+
+
+def test_a_command_that_takes_some_settings_names_only_existing_ones():
+    from r2g.cli import PLAN_SETTINGS, config_flags
+
+    assert [p.name for p in config_flags(("model", "train"), only=PLAN_SETTINGS)] == [
+        "mode", "grad_ckpt", "ds_config", "micro_batch", "precision"]
+    with pytest.raises(TypeError, match=r"no settable field \['micro_batch'\] in the sections \('model',\)"):
+        config_flags(("model",), only=("mode", "micro_batch"))
