@@ -84,7 +84,9 @@ class StudyMean:
 
     def values(self, weights: np.ndarray) -> np.ndarray:
         weights = np.asarray(weights, dtype=float)
-        return weights @ self.scores / weights.sum(1, keepdims=True)
+        # Summed as numpy's mean sums (pairwise, not a BLAS dot): the full sample gives the scorer's mean bit for bit.
+        sums = np.stack([(weights * column).sum(1) for column in self.scores.T], axis=1)
+        return sums / weights.sum(1, keepdims=True)
 
 
 def resample_weights(n: int, samples: int, seed: int = 0) -> np.ndarray:
@@ -150,7 +152,8 @@ class Difference:
 
 def paired(metrics_a: Sequence[StudyStats], metrics_b: Sequence[StudyStats], n: int,
            samples: int = DEFAULT_RESAMPLES, seed: int = 0, confidence: float = CONFIDENCE,
-           weights: np.ndarray | None = None) -> list[Difference]:
+           weights: np.ndarray | None = None,
+           points: tuple[dict[str, float], dict[str, float]] | None = None) -> list[Difference]:
     """B − A for every key both score, from resamples that draw the same studies for both systems.
 
     The interval is the percentile interval of the resampled differences d*. The p-value tests "no difference"
@@ -158,19 +161,22 @@ def paired(metrics_a: Sequence[StudyStats], metrics_b: Sequence[StudyStats], n: 
     to centre on 0 is the distribution of the difference under no difference, and p is the share of it at least
     as far from 0 as the observed d, counting the observed one: p = (1 + #{|d* − d| ≥ |d|}) / (B + 1).
     Identical systems give d* = d = 0, so an interval of exactly [0, 0] and p = 1.
-    `weights` (B, n) replaces the seeded draw (tests enumerate every resample).
+    `weights` (B, n) replaces the seeded draw (tests enumerate every resample). `points` (A's and B's scores as
+    their scorers reported them) replaces the full-sample values of the statistics, which equal them to float
+    precision.
     """
     if weights is None:
         check_resamples(samples)
         if samples == 0:
             raise R2GError("a paired comparison needs resamples: pass --bootstrap 1 or more (1,000 is usual)")
         weights = resample_weights(n, samples, seed)
-    full = np.ones((1, n))
-    point_a, point_b = resampled_values(metrics_a, full), resampled_values(metrics_b, full)
+    if points is None:
+        full = np.ones((1, n))
+        points = tuple({k: float(v[0]) for k, v in resampled_values(m, full).items()} for m in (metrics_a, metrics_b))
     va, vb = resampled_values(metrics_a, weights), resampled_values(metrics_b, weights)
     out = []
     for key in (k for k in va if k in vb):
-        a, b = float(point_a[key][0]), float(point_b[key][0])
+        a, b = float(points[0][key]), float(points[1][key])
         delta = b - a
         d = vb[key] - va[key]
         low, high = percentile_interval(d, confidence)

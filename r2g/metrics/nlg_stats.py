@@ -55,10 +55,10 @@ class CiderStats:
     """CIDEr-D recomputed on each resample, document frequencies included (see the module docstring).
 
     For study i and n-gram order n, with idf w_g = log(drawn studies) - log(max(1, df_g)) (>= 0):
-        sim_n = sum_g min(tf_hyp, tf_ref) * tf_ref * w_g^2 / (|hyp_n| |ref_n|) * exp(-(len_h - len_r)^2 / 2 sigma^2)
-    with |x_n| = sqrt(sum_g tf_x^2 w_g^2) (no division when either is 0); the study's score is 10 * mean_n sim_n.
-    Each of the three sums is over a fixed list of (study, order, n-gram, coefficient) entries, so a
-    resample costs a gather of w^2 and a segmented sum per list.
+        sim_n = sum_g min(tf_hyp w_g, tf_ref w_g) tf_ref w_g / (|hyp_n| |ref_n|) * exp(-(len_h - len_r)^2 / 2 sigma^2)
+    with |x_n| = sqrt(sum_g (tf_x w_g)^2) (no division when either is 0); the study's score is 10 * mean_n sim_n.
+    Each of the three sums is over a fixed list of (study, order, n-gram) entries, so a resample costs a
+    gather of w and a segmented sum per list.
     """
 
     keys = ("CIDEr",)
@@ -74,13 +74,13 @@ class CiderStats:
             (ref,) = refs  # r2g scores one reference per study
             for g, tf in ref.items():
                 j = vocab.setdefault(g, len(vocab))
-                ref_entries.append((i, len(g) - 1, j, tf * tf))
+                ref_entries.append((i, len(g) - 1, j, tf, tf))
                 doc.append((j, i))
             for g, tf in test.items():
                 j = vocab.setdefault(g, len(vocab))
-                hyp_entries.append((i, len(g) - 1, j, tf * tf))
-                if g in ref:
-                    match_entries.append((i, len(g) - 1, j, min(tf, ref[g]) * ref[g]))
+                hyp_entries.append((i, len(g) - 1, j, tf, tf))
+                if g in ref:  # min(tf_h w, tf_r w) = min(tf_h, tf_r) w exactly, as w >= 0
+                    match_entries.append((i, len(g) - 1, j, min(tf, ref[g]), ref[g]))
             # CiderScorer's "length" counts bigram occurrences (its `n == 1` is the 2-gram slot).
             delta = float(sum(tf for g, tf in test.items() if len(g) == 2) - sum(tf for g, tf in ref.items() if len(g) == 2))
             penalty.append(np.e ** (-(delta**2) / (2 * self.sigma**2)))
@@ -99,8 +99,8 @@ class CiderStats:
         if len(self.doc_study):
             df[:, self.doc_ngrams] = np.add.reduceat(weights[:, self.doc_study], self.doc_ngram_start, axis=1)
         drawn = weights.sum(1, keepdims=True)
-        w2 = (np.log(drawn) - np.log(np.maximum(1.0, df))) ** 2
-        num, norm_h, norm_r = (seg.sums(w2) for seg in (self.match, self.hyp, self.ref))  # (b, studies, n)
+        idf = np.log(drawn) - np.log(np.maximum(1.0, df))
+        num, norm_h, norm_r = (seg.sums(idf) for seg in (self.match, self.hyp, self.ref))  # (b, studies, n)
         norm_h, norm_r = np.sqrt(norm_h), np.sqrt(norm_r)
         both = (norm_h != 0) & (norm_r != 0)
         sim = np.divide(num, norm_h * norm_r, out=num.copy(), where=both) * self.penalty[None, :, None]
@@ -109,22 +109,24 @@ class CiderStats:
 
 
 class _Segments:
-    """Entries (study, order, ngram, coefficient) summed per (study, order) against per-ngram weights."""
+    """Entries (study, order, ngram, a, b): sum of (a w_g)(b w_g) per (study, order), in the scorer's order of
+    terms and of float operations (its vectors hold tf * w), so the full sample gives its value bit for bit."""
 
     def __init__(self, entries: list, studies: int, n: int):
-        arr = np.array(entries, dtype=float).reshape(-1, 4)
+        arr = np.array(entries, dtype=float).reshape(-1, 5)
         slot = (arr[:, 0] * n + arr[:, 1]).astype(np.int64)
         order = np.argsort(slot, kind="stable")
         self.ngram = arr[order, 2].astype(np.int64)
-        self.coef = arr[order, 3]
+        self.a, self.b = arr[order, 3], arr[order, 4]
         self.start, self.slots = _starts(slot[order])
         self.shape = (studies, n)
 
-    def sums(self, w2: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(w2), self.shape[0] * self.shape[1]))
+    def sums(self, idf: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(idf), self.shape[0] * self.shape[1]))
         if len(self.ngram):
-            out[:, self.slots] = np.add.reduceat(w2[:, self.ngram] * self.coef, self.start, axis=1)
-        return out.reshape(len(w2), *self.shape)
+            w = idf[:, self.ngram]
+            out[:, self.slots] = np.add.reduceat((self.a * w) * (self.b * w), self.start, axis=1)
+        return out.reshape(len(idf), *self.shape)
 
 
 def _starts(sorted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
