@@ -108,7 +108,12 @@ def test_eval_command_writes_predictions_metrics_and_report(run_dir, assets, tmp
     assert metrics["studies"] == 4 and "BLEU_4" in metrics and "ce_micro_f1" in metrics and "METEOR" not in metrics
     assert metrics["references"] == "full cleaned reports" and metrics["weights"] == "latest"
     assert metrics["shards"] == str(assets / "shards")
+    # every scored key has its interval (1,000 resamples by default), shown in the report and on the console
+    assert set(metrics["intervals"]) == {k for k, v in metrics.items() if k != "studies" and isinstance(v, float)}
+    assert metrics["bootstrap"]["resamples"] == 1000 and "95% interval" in r.stdout
     html = (out / "report.html").read_text()
+    low, high = metrics["intervals"]["BLEU_4"]
+    assert f"{metrics['BLEU_4']:.3f} ({low:.3f}–{high:.3f})" in html
     assert "data:image/png;base64," in html and "s0030" in html
     assert 'alt="training curves"' in html  # from the run's metrics.jsonl
     assert (out / "report.md").is_file() and "BLEU_4" in r.stdout
@@ -118,6 +123,7 @@ def test_eval_command_writes_predictions_metrics_and_report(run_dir, assets, tmp
     assert r.returncode == 0, r.stdout + r.stderr
     rescored = json.loads((tmp_path / "s.json").read_text())
     assert rescored["BLEU_4"] == pytest.approx(metrics["BLEU_4"]) and rescored["CIDEr"] == pytest.approx(metrics["CIDEr"])
+    assert rescored["intervals"] == metrics["intervals"]  # same studies, same seed: the same intervals
 
 
 def launched(*args: str, procs: int = 2) -> subprocess.CompletedProcess:

@@ -23,6 +23,7 @@ from pycocoevalcap.cider.cider_scorer import CiderScorer
 from r2g.metrics.bootstrap import StudyMean, SummedStats
 
 BLEU_KEYS = ("BLEU_1", "BLEU_2", "BLEU_3", "BLEU_4")
+_ELEMENTS = 8_000_000
 _TINY, _SMALL = 1e-15, 1e-9  # BleuScorer.compute_score's guards against 0/0
 
 
@@ -94,6 +95,11 @@ class CiderStats:
 
     def values(self, weights: np.ndarray) -> np.ndarray:
         weights = np.asarray(weights, dtype=float)
+        # Resamples at a time so that each (resamples, entries) temporary stays near 64 MB.
+        step = max(1, _ELEMENTS // max(1, len(self.ref.ngram) + len(self.hyp.ngram)))
+        return np.concatenate([self._values(weights[i:i + step]) for i in range(0, len(weights), step)])
+
+    def _values(self, weights: np.ndarray) -> np.ndarray:
         b = len(weights)
         df = np.zeros((b, self.vocab))
         if len(self.doc_study):
