@@ -454,7 +454,8 @@ def print_comparison(result: dict) -> None:
     if not several:
         table.title += f", B = {result['systems'][1]}"
     table.caption = (f"paired bootstrap, {result['resamples']:,} resamples (seed {result['seed']}); p two-sided; "
-                     "Holm over every row; bold: Holm-adjusted p < 0.05")
+                     f"smallest possible p {1 / (result['resamples'] + 1):.4f}; Holm over every row; "
+                     "bold: Holm-adjusted p < 0.05")
     console.print(table)
 
 
