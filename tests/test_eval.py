@@ -299,6 +299,7 @@ def test_bad_inputs_fail_before_any_model_loads(run_dir, assets, tmp_path, monke
         (("eval", *ckpt, "--shards", tmp_path), "manifest.json: not found"),
         (("eval", *ckpt, "--vision-weights", tmp_path / "no-swin.pth"), "--vision-weights"),
         (("eval", *ckpt, "--labeler", "chexbert"), "--labeler-weights"),
+        (("eval", *ckpt, "--bootstrap", "-1"), "--bootstrap -1"),
         (("eval", *ckpt, "--ds", tmp_path / "no-ds.json"), "no-ds.json: DeepSpeed config not found"),
         (("eval", *ckpt, "--ds", "ds_configs/zero2.json"), "needs ZeRO-3"),
         (("eval", "--ckpt", mixed, "--ds", "ds_configs/zero3.json"), "trained in bf16-mixed"),

@@ -92,9 +92,8 @@ class StudyMean:
 def resample_weights(n: int, samples: int, seed: int = 0) -> np.ndarray:
     """(samples, n): how many times each study is drawn in each resample of n studies with replacement."""
     draws = np.random.default_rng(seed).integers(n, size=(samples, n))
-    weights = np.zeros((samples, n))
-    np.add.at(weights, (np.arange(samples)[:, None], draws), 1.0)
-    return weights
+    flat = (draws + n * np.arange(samples)[:, None]).ravel()  # study index within all resamples' counts
+    return np.bincount(flat, minlength=samples * n).reshape(samples, n).astype(float)
 
 
 def all_resamples(n: int) -> np.ndarray:
