@@ -67,6 +67,11 @@ class CiderStats:
               "(counted with multiplicity), idf from the number drawn")
 
     def __init__(self, scorer: CiderScorer):
+        # Arranged on first use: a score without intervals (training's validation) does not pay for it.
+        self._scorer: CiderScorer | None = scorer
+
+    def _arrange(self) -> None:
+        scorer, self._scorer = self._scorer, None
         self.n, self.sigma = scorer.n, scorer.sigma
         vocab: dict[tuple, int] = {}
         ref_entries, hyp_entries, match_entries, doc = [], [], [], []  # (study, order, ngram, coefficient)
@@ -94,6 +99,8 @@ class CiderStats:
         self.doc_ngram_start, self.doc_ngrams = _starts(doc_arr[order, 0])
 
     def values(self, weights: np.ndarray) -> np.ndarray:
+        if self._scorer is not None:
+            self._arrange()
         weights = np.asarray(weights, dtype=float)
         # Resamples at a time so that each (resamples, entries) temporary stays near 64 MB.
         step = max(1, _ELEMENTS // max(1, len(self.ref.ngram) + len(self.hyp.ngram)))
