@@ -278,13 +278,23 @@ app.command()(with_config_flags(train, ("data", "model", "train", "generate")))
 def print_metrics(metrics: dict, title: str) -> None:
     from r2g.metrics.keys import HEADLINE
 
+    intervals = metrics.get("intervals", {})
     table = Table(title=title)
     table.add_column("metric (metrics.json key)")
     table.add_column("value", justify="right")
+    if intervals:
+        table.add_column("95% interval", justify="right")
     table.add_column("what")
     for key, meaning in HEADLINE.items():
         if key in metrics:
-            table.add_row(key, f"{metrics[key]:.4f}", meaning)
+            low, high = intervals.get(key, (None, None))
+            shown = [f"[{low:.4f}, {high:.4f}]" if low is not None else "-"] if intervals else []
+            table.add_row(key, f"{metrics[key]:.4f}", *shown, meaning)
+    if intervals:
+        boot = metrics["bootstrap"]
+        table.caption = (f"95% percentile intervals from {boot['resamples']:,} resamples of the studies (seed "
+                         f"{boot['seed']}), every metric recomputed on each as it is defined; every key's interval "
+                         "is in metrics.json")
     console.print(table)
 
 
@@ -294,6 +304,8 @@ LLM_HELP = "Base LLM folder, if not the one in r2g_config.json."
 VISION_WEIGHTS_HELP = "Base Swin weights (file or folder), if not the ones in r2g_config.json."
 CHECKPOINT_HELP = "Read weights from a DeepSpeed checkpoint tag (or 'latest') instead of trainable.safetensors."
 MISMATCH_HELP = "Go ahead when --llm's config differs from the trained one."
+BOOTSTRAP_HELP = ("Resamples of the studies for each metric's 95% interval (every metric recomputed on each, "
+                  "seeded: the same input gives the same interval); 0 = no intervals.")
 DS_HELP = ("A ZeRO-3 config (ds_configs/zero3.json): the LLM is partitioned across the ranks of the launch "
            "(deepspeed / torchrun), for an LLM one GPU cannot hold. Default: each rank holds the whole model.")
 
@@ -312,6 +324,7 @@ def eval_command(
     labeler_weights: Optional[str] = typer.Option(None, help="Local CheXbert folder (chexbert.pth + bert-base-uncased/)."),
     truncated_refs: bool = typer.Option(False, help="Compatibility only: score against references truncated to the token budget, as the reference code does (inflates scores)."),
     max_samples: int = typer.Option(0, help="Evaluate only the first N studies (0 = all)."),
+    bootstrap: int = typer.Option(1000, help=BOOTSTRAP_HELP),
     workers: int = typer.Option(2, help="Data-loader workers."),
     ds: Optional[str] = typer.Option(None, "--ds", help=DS_HELP),
     local_rank: int = typer.Option(-1, "--local_rank", "--local-rank", hidden=True),
@@ -323,7 +336,7 @@ def eval_command(
     opts = EvalOptions(
         split=split, out=out, shards=shards, llm=llm, vision_weights=vision_weights, checkpoint=checkpoint,
         allow_llm_mismatch=allow_llm_mismatch, meteor=meteor, labeler=labeler, labeler_weights=labeler_weights,
-        truncated_refs=truncated_refs, max_samples=max_samples, workers=workers, ds=ds,
+        truncated_refs=truncated_refs, max_samples=max_samples, bootstrap=bootstrap, workers=workers, ds=ds,
         generate=config_overrides(generation).get("generate", {}),  # over the run's own generation settings
     )
     plan = prepare(ckpt, opts)  # every input checked before the progress bar and the model load
@@ -388,16 +401,64 @@ def score(
     ref: Optional[Path] = typer.Option(None, help="R2Gen {id: [text]} references (with an R2Gen predictions file)."),
     meteor: bool = typer.Option(True, help="Score METEOR (needs Java)."),
     labeler: str = typer.Option("rules"), labeler_weights: Optional[str] = typer.Option(None),
+    bootstrap: int = typer.Option(1000, help=BOOTSTRAP_HELP),
     out: Optional[Path] = typer.Option(None, help="Write the metrics as JSON here."),
 ):
-    """Score any predictions file: coco-caption NLG metrics and CheXpert clinical efficacy."""
+    """Score any predictions file: coco-caption NLG metrics and CheXpert clinical efficacy, each with its 95% interval."""
     from r2g.metrics.score import load_pairs, score as score_pairs
 
     refs, preds = load_pairs(pred, ref)
-    metrics = score_pairs(refs, preds, meteor=meteor, labeler=labeler, labeler_weights=labeler_weights)
+    metrics = score_pairs(refs, preds, meteor=meteor, labeler=labeler, labeler_weights=labeler_weights,
+                          bootstrap=bootstrap)
     print_metrics(metrics, f"{pred.name} ({len(refs)} reports)")
     if out:
         out.write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+@app.command()
+def compare(
+    systems: list[Path] = typer.Argument(..., help="Prediction files (JSONL {id, prediction, reference}, or R2Gen "
+                                                   "{id: [text]} with --ref) or `r2g eval` folders; the first is A, "
+                                                   "each other one is compared with it."),
+    ref: Optional[Path] = typer.Option(None, help="R2Gen {id: [text]} references (with R2Gen prediction files)."),
+    metrics: Optional[str] = typer.Option(None, help="Comma-separated metrics.json keys [the headline ones]."),
+    bootstrap: int = typer.Option(1000, help="Paired resamples of the studies."),
+    seed: int = typer.Option(0, help="Seed of the resamples."),
+    meteor: bool = typer.Option(True, help="Score METEOR (needs Java)."),
+    labeler: str = typer.Option("rules"), labeler_weights: Optional[str] = typer.Option(None),
+    out: Optional[Path] = typer.Option(None, help="Write compare.json and compare.html (forest plot) in this folder."),
+):
+    """B − A per metric on the same studies, with a paired-bootstrap 95% interval, p-value and Holm-adjusted p."""
+    from r2g.eval.compare import compare as compare_systems, load_system, write_outputs
+
+    loaded = [load_system(path, ref) for path in systems]
+    keys = [k.strip() for k in metrics.split(",") if k.strip()] if metrics else None
+    result = compare_systems(loaded, keys, meteor=meteor, labeler=labeler, labeler_weights=labeler_weights,
+                             resamples=bootstrap, seed=seed)
+    print_comparison(result)
+    if out:
+        paths = write_outputs(result, out)
+        console.print("files: " + ", ".join(str(p) for p in paths.values()))
+
+
+def print_comparison(result: dict) -> None:
+    several = len(result["systems"]) > 2
+    table = Table(title=f"B − A, A = {result['baseline']} ({result['studies']} studies)")
+    if several:
+        table.add_column("B")
+    for column in ("metric", "A", "B", "B − A", "95% interval", "p", "p (Holm)"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for r in result["rows"]:
+        mark = "[bold]" if r["p_holm"] < 0.05 else ""
+        table.add_row(*([Path(r["system"]).name] if several else []), r["metric"], f"{r['a']:.4f}", f"{r['b']:.4f}",
+                      f"{mark}{r['delta']:+.4f}", f"[{r['low']:+.4f}, {r['high']:+.4f}]", f"{r['p']:.4f}",
+                      f"{mark}{r['p_holm']:.4f}")
+    if not several:
+        table.title += f", B = {result['systems'][1]}"
+    table.caption = (f"paired bootstrap, {result['resamples']:,} resamples (seed {result['seed']}); p two-sided; "
+                     f"smallest possible p {1 / (result['resamples'] + 1):.4f}; Holm over every row; "
+                     "bold: Holm-adjusted p < 0.05")
+    console.print(table)
 
 
 # ---------------------------------------------------------------------------------------------- demo
@@ -421,9 +482,11 @@ def demo(
     for key in (k for k in HEADLINE if all(k in results[run] for run in ("with-images", "blank-images"))):
         table.add_row(key, *(f"{results[run][key]:.3f}" for run in ("with-images", "blank-images")))
     console.print(table)
+    print_comparison(results["compare"])  # `r2g compare` of the two runs: A images blanked, B sees them
     gain = results["ce_micro_f1_gain"]
     console.print(f"CE micro F1 gain from seeing the images: [bold]{gain['gain']:+.3f}[/] "
-                  f"(95% paired bootstrap interval {gain['low']:+.3f} to {gain['high']:+.3f})")
+                  f"(95% paired bootstrap interval {gain['low']:+.3f} to {gain['high']:+.3f}, p {gain['p']:.3f}, "
+                  f"Holm-adjusted {gain['p_holm']:.3f})")
     console.print(f"report: {results['with-images']['files']['html']}")
     console.print(f"done in {results['seconds'] / 60:.1f} min; everything is under {out}/")
 

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 # Every runnable script in bench/ and the test here that runs it (a new bench needs a test that checks its header).
 BENCHES = {"train_step.py", "generate.py", "encoder_probe.py", "metrics.py", "label_stats.py", "length_grouping.py",
-           "grad_ckpt.py", "llm7b_zero3.py", "plan_check.py", "gpu_check.py"}  # gpu_check: tests/test_gpu_check.py
+           "grad_ckpt.py", "llm7b_zero3.py", "plan_check.py", "gpu_check.py", "intervals.py"}  # gpu_check: tests/test_gpu_check.py
 
 
 def run_script(script: str, *args: str) -> str:
@@ -217,6 +217,14 @@ def test_metrics_bench_smoke(tmp_path):
                   "--pairs", "12", "--no-meteor")
     (run,) = r["runs"]
     assert run["pairs"] == 12 and run["meteor"] is False and run["seconds"] > 0 and 0 <= run["BLEU_4"] <= 1
+
+
+def test_intervals_bench_smoke(tmp_path):
+    r = run_bench("intervals.py", tmp_path / "i.json", "--reports", str(iu_style_reports(tmp_path / "r.json")),
+                  "--pairs", "12", "--resamples", "20", "--no-meteor")
+    (run,) = r["runs"]
+    assert run["pairs"] == 12 and run["meteor"] is False and run["resamples"] == 20 and run["keys"] == 33
+    assert run["resampling_s"] > 0 and "CIDEr" in run["per_family_s"] and r["paired"]["keys"] == 33
 
 
 def test_label_stats_bench(tmp_path):

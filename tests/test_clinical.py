@@ -215,28 +215,6 @@ def test_metrics_import_no_model_code():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_micro_f1_gain_by_hand_with_a_paired_bootstrap_interval():
-    from r2g.metrics.clinical import micro_f1_gain
-
-    # REF/PRED micro: tp 2, fp 1, fn 2 -> F1 4 / 7. A perfect system: F1 1. Gain 1 - 4/7 = 3/7.
-    g = micro_f1_gain(REF, REF, PRED, samples=500)
-    assert g["gain"] == pytest.approx(3 / 7)
-    assert 0 < g["low"] <= g["gain"] <= g["high"] <= 1
-    assert micro_f1_gain(REF, REF, PRED, samples=500) == g  # seeded
-
-    same = micro_f1_gain(REF, PRED, PRED, samples=200)
-    assert same == {"gain": 0.0, "low": 0.0, "high": 0.0}  # paired: the same draw for both systems
-
-    # The 5-label subset: Cardiomegaly (1,0,0) and Edema (0,0,1) -> F1 2/3 against a perfect 1.
-    assert micro_f1_gain(REF, REF, PRED, labels=CHEXPERT_5, samples=10)["gain"] == pytest.approx(1 / 3)
-
-    # Many identical reports shrink the interval around the gain.
-    wide, narrow = micro_f1_gain(REF, REF, PRED, samples=500), micro_f1_gain(REF * 40, REF * 40, PRED * 40, samples=500)
-    assert narrow["high"] - narrow["low"] < wide["high"] - wide["low"]
-    with pytest.raises(R2GError, match="same non-empty reports"):
-        micro_f1_gain(REF, REF[:2], PRED)
-
-
 def test_report_tables_show_both_ce_conventions(tmp_path):
     """metrics.json's CE keys reach the report's metric table, each variant on its own labelled row."""
     from r2g.eval.report import write_report

@@ -108,7 +108,12 @@ def test_eval_command_writes_predictions_metrics_and_report(run_dir, assets, tmp
     assert metrics["studies"] == 4 and "BLEU_4" in metrics and "ce_micro_f1" in metrics and "METEOR" not in metrics
     assert metrics["references"] == "full cleaned reports" and metrics["weights"] == "latest"
     assert metrics["shards"] == str(assets / "shards")
+    # every scored key has its interval (1,000 resamples by default), shown in the report and on the console
+    assert set(metrics["intervals"]) == {k for k, v in metrics.items() if k != "studies" and isinstance(v, float)}
+    assert metrics["bootstrap"]["resamples"] == 1000 and "95% interval" in r.stdout
     html = (out / "report.html").read_text()
+    low, high = metrics["intervals"]["BLEU_4"]
+    assert f"{metrics['BLEU_4']:.3f} ({low:.3f}–{high:.3f})" in html
     assert "data:image/png;base64," in html and "s0030" in html
     assert 'alt="training curves"' in html  # from the run's metrics.jsonl
     assert (out / "report.md").is_file() and "BLEU_4" in r.stdout
@@ -118,6 +123,7 @@ def test_eval_command_writes_predictions_metrics_and_report(run_dir, assets, tmp
     assert r.returncode == 0, r.stdout + r.stderr
     rescored = json.loads((tmp_path / "s.json").read_text())
     assert rescored["BLEU_4"] == pytest.approx(metrics["BLEU_4"]) and rescored["CIDEr"] == pytest.approx(metrics["CIDEr"])
+    assert rescored["intervals"] == metrics["intervals"]  # same studies, same seed: the same intervals
 
 
 def launched(*args: str, procs: int = 2) -> subprocess.CompletedProcess:
@@ -301,6 +307,7 @@ def test_bad_inputs_fail_before_any_model_loads(run_dir, assets, tmp_path, monke
         (("eval", *ckpt, "--shards", tmp_path), "manifest.json: not found"),
         (("eval", *ckpt, "--vision-weights", tmp_path / "no-swin.pth"), "--vision-weights"),
         (("eval", *ckpt, "--labeler", "chexbert"), "--labeler-weights"),
+        (("eval", *ckpt, "--bootstrap", "-1"), "--bootstrap -1"),
         (("eval", *ckpt, "--ds", tmp_path / "no-ds.json"), "no-ds.json: DeepSpeed config not found"),
         (("eval", *ckpt, "--ds", "ds_configs/zero2.json"), "needs ZeRO-3"),
         (("eval", "--ckpt", mixed, "--ds", "ds_configs/zero3.json"), "trained in bf16-mixed"),

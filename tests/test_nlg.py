@@ -130,6 +130,31 @@ def test_compute_nlg_with_meteor(meteors, real_pairs):
 
 
 @needs_java
+def test_meteor_of_resamples_from_the_jars_statistics_equals_the_jar(meteors, real_pairs):
+    """METEOR's interval resamples the jar's per-pair statistics: their full-sample score is the jar's corpus
+    METEOR, and a resample's is what the jar says for the materialised resample (whole matches included: the
+    jar leaves their chunk out of its sums)."""
+    import numpy as np
+
+    from r2g.metrics.bootstrap import resample_weights, resampled_values
+    from r2g.metrics.nlg_stats import meteor_stats
+
+    _, ours = meteors
+    refs, preds = real_pairs
+    refs, preds = dict(list(refs.items())[:150]), dict(list(preds.items())[:150])
+    preds.update({k: refs[k] for k in list(refs)[:5]})  # five exact copies
+    corpus, _, lines = ours.score_with_stats(refs, preds)
+    stats = [meteor_stats(lines)]
+    assert resampled_values(stats, np.ones((1, 150)))["METEOR"][0] == pytest.approx(corpus, rel=1e-12)
+    weights = resample_weights(150, 3, seed=0)
+    values = resampled_values(stats, weights)["METEOR"]
+    for row, w in enumerate(weights):
+        drawn = [k for k, n in zip(refs, w) for _ in range(int(n))]
+        jar, _ = ours.score({str(j): refs[k] for j, k in enumerate(drawn)}, {str(j): preds[k] for j, k in enumerate(drawn)})
+        assert values[row] == pytest.approx(jar, rel=1e-12)
+
+
+@needs_java
 def test_meteor_sanitizes_protocol_characters(meteors):
     # A newline or "|||" in a text would split the protocol line and desynchronise the JVM.
     _, ours = meteors

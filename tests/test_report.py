@@ -186,3 +186,18 @@ def test_report_embeds_the_curves_when_given(tmp_path):
 
     without = write_report(tmp_path / "b", make_rows(3), METRICS, {}, "t", n_examples=1)
     assert "Training curves" not in without["html"].read_text() + without["markdown"].read_text()
+
+
+def test_intervals_shown_beside_their_values(tmp_path):
+    """metrics.json's intervals reach every metric table of both files, with how they were formed."""
+    metrics = {**METRICS, "intervals": {"BLEU_4": [0.0301, 0.0612], "ce_micro_precision": [0.5, 0.8],
+                                        "mystery": [0.9, 1.0]},
+               "bootstrap": {"resamples": 1000, "seed": 0, "confidence": 0.95}}
+    paths = write_report(tmp_path, make_rows(3), metrics, {}, "run", n_examples=0)
+    md, html_text = paths["markdown"].read_text(), paths["html"].read_text()
+    for text in (md, html_text):
+        assert "0.046 (0.030–0.061)" in text and "0.679 (0.500–0.800)" in text and "0.988 (0.900–1.000)" in text
+        assert "1,000 resamples of the studies (seed 0)" in text
+        assert "0.123 (" not in text  # no interval, none shown
+    assert "1,000 resamples" not in write_report(tmp_path / "plain", make_rows(3), METRICS, {}, "run",
+                                                 n_examples=0)["markdown"].read_text()

@@ -29,7 +29,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from r2g.config import DataConfig, GenerateConfig, ModelConfig, RunConfig, TrainConfig
-from r2g.errors import R2GError
 from r2g.labels import CHEXPERT_LABELS
 
 # A Swin with the base model's layout (4 stages, patch 4) but narrow, shallow and at 128 px with window 4
@@ -166,8 +165,11 @@ def _run_stages(opts: DemoOptions, log: Callable[[str], None]) -> dict:
         log(f"6/6 evaluate on the test split ({name})")
         results[name] = evaluate(prepare(cfg.train.out, EvalOptions(split="test", max_samples=opts.test_studies, workers=1)))
         timings[f"eval_{name}"] = time.time() - t0
-    results["ce_micro_f1_gain"] = image_gain(results["with-images"]["files"]["predictions"],
-                                             results["blank-images"]["files"]["predictions"])
+    results["compare"] = image_gain(results["with-images"]["files"]["predictions"],
+                                    results["blank-images"]["files"]["predictions"])
+    gain = next(row for row in results["compare"]["rows"] if row["metric"] == "ce_micro_f1")
+    results["ce_micro_f1_gain"] = {"gain": gain["delta"], "low": gain["low"], "high": gain["high"], "p": gain["p"],
+                                   "p_holm": gain["p_holm"]}
     results["threads"] = opts.threads
     results["timings"] = timings
     results["seconds"] = time.time() - t0
@@ -175,14 +177,9 @@ def _run_stages(opts: DemoOptions, log: Callable[[str], None]) -> dict:
     return results
 
 
-def image_gain(with_images: str | Path, blank_images: str | Path) -> dict[str, float]:
-    """CE micro F1 gain of the model that sees the images over its blank-image twin, with a 95% paired
-    bootstrap interval, from the two runs' predictions.jsonl (the same test studies)."""
-    from r2g.metrics.clinical import micro_f1_gain
+def image_gain(with_images: str | Path, blank_images: str | Path, meteor: bool = True) -> dict:
+    """What seeing the images gains: `r2g compare` of the blank-image twin (A) and the model that sees the images
+    (B) on the same test studies, from the two runs' predictions.jsonl (r2g.eval.compare)."""
+    from r2g.eval.compare import compare, load_system
 
-    rows = [{r["id"]: r for r in map(json.loads, Path(path).read_text().splitlines())} for path in (with_images, blank_images)]
-    ids = sorted(rows[0])
-    if sorted(rows[1]) != ids:
-        raise R2GError(f"{with_images} and {blank_images} hold different studies; evaluate both on the same split")
-    return micro_f1_gain([rows[0][i]["labels_reference"] for i in ids], [rows[0][i]["labels_prediction"] for i in ids],
-                         [rows[1][i]["labels_prediction"] for i in ids])
+    return compare([load_system(blank_images), load_system(with_images)], meteor=meteor)

@@ -115,18 +115,36 @@ def _fmt(value) -> str:
     return str(value) if isinstance(value, numbers.Integral) else f"{value:.3f}"
 
 
+def _cell(metrics: dict, key: str) -> str:
+    """A metric's value, with its 95 % interval when metrics.json holds one: `0.116 (0.101–0.130)`."""
+    interval = metrics.get("intervals", {}).get(key)
+    value = _fmt(metrics.get(key))
+    return f"{value} ({interval[0]:.3f}–{interval[1]:.3f})" if interval and value != MISSING else value
+
+
+def _interval_note(metrics: dict) -> str:
+    boot = metrics.get("bootstrap")
+    if not boot:
+        return ""
+    return (f" In parentheses: the {boot['confidence']:.0%} interval, the 2.5th and 97.5th percentiles over "
+            f"{boot['resamples']:,} resamples of the studies (seed {boot['seed']}), each metric recomputed on each "
+            "resample as it is defined (corpus BLEU, CIDEr-D with the resample's document frequencies, METEOR from "
+            "the jar's summed statistics, CE from summed counts).")
+
+
 def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _metric_sections(metrics: dict) -> list[_Section]:
     """NLG, CE and per-label tables, then tables of unknown numbers and string notes when there are any."""
-    sections = [_Section("Language metrics (NLG)", _nlg_note(metrics), _nlg_table(metrics)),
-                _Section("Clinical efficacy (CE)", CE_NOTE, _ce_table(metrics))]
+    intervals = _interval_note(metrics)
+    sections = [_Section("Language metrics (NLG)", _nlg_note(metrics) + intervals, _nlg_table(metrics)),
+                _Section("Clinical efficacy (CE)", CE_NOTE + intervals, _ce_table(metrics))]
     if metrics.get("per_label"):
         per_label = _per_label_table(metrics["per_label"])
         sections.append(_Section("Clinical efficacy per label", PER_LABEL_NOTE, per_label))
-    other = [(key, _fmt(value)) for key, value in metrics.items() if key not in KNOWN_KEYS and _is_number(value)]
+    other = [(key, _cell(metrics, key)) for key, value in metrics.items() if key not in KNOWN_KEYS and _is_number(value)]
     if other:
         sections.append(_Section("Other metrics", "", _Table(("Metric", "Value"), other)))
     notes = [(key, value) for key, value in metrics.items() if isinstance(value, str)]
@@ -144,7 +162,7 @@ def _nlg_note(metrics: dict) -> str:
 def _nlg_table(metrics: dict) -> _Table:
     """One row: BLEU-1..4, METEOR, ROUGE-L, CIDEr (n/a where absent, e.g. METEOR when disabled)."""
     return _Table(tuple(name for _, name in NLG_METRICS),
-                  [tuple(_fmt(metrics.get(key)) for key, _ in NLG_METRICS)], text_columns=0)
+                  [tuple(_cell(metrics, key) for key, _ in NLG_METRICS)], text_columns=0)
 
 
 def _ce_table(metrics: dict) -> _Table:
@@ -152,7 +170,7 @@ def _ce_table(metrics: dict) -> _Table:
     rows = []
     for convention, averages in CE_CONVENTIONS:
         for i, (average, prefix) in enumerate(averages):
-            scores = (_fmt(metrics.get(f"{prefix}_{score}")) for score in CE_SCORES)
+            scores = (_cell(metrics, f"{prefix}_{score}") for score in CE_SCORES)
             rows.append((convention if i == 0 else "", average, *scores))
     return _Table(("Convention", "Average", "Precision", "Recall", "F1"), rows, text_columns=2)
 

@@ -44,6 +44,7 @@ class EvalOptions:
     labeler_weights: str | None = None
     truncated_refs: bool = False
     max_samples: int = 0  # 0 = the whole split
+    bootstrap: int = 1000  # resamples of the studies for each metric's interval; 0 = none
     workers: int = 2
     ds: str | None = None  # a ZeRO-3 config: the model partitioned across the ranks; None = each rank holds it whole
 
@@ -78,6 +79,7 @@ class EvalPlan:
 def prepare(run: str | Path, opts: EvalOptions = EvalOptions()) -> EvalPlan:
     """Check every input (run folder, base LLM, vision and trained weights, shards and split, labeler) without
     loading a model, so that a bad one fails in a second rather than after the model loads."""
+    from r2g.metrics.bootstrap import check_resamples
     from r2g.metrics.chexpert import load_labeler
 
     folder = open_run(run, opts.llm, opts.vision_weights, opts.shards, opts.checkpoint, opts.allow_llm_mismatch)
@@ -85,6 +87,7 @@ def prepare(run: str | Path, opts: EvalOptions = EvalOptions()) -> EvalPlan:
     # The labeler runs only after generation, but loading is what checks it (CheXbert's pickle, its weights):
     # load it now, once, and score with this one.
     label = load_labeler(opts.labeler, opts.labeler_weights)
+    check_resamples(opts.bootstrap)
     ds = partitioned_inference_config(folder, opts.ds) if opts.ds else None
     total = checked.samples
     return EvalPlan(folder, opts, checked, min(total, opts.max_samples) if opts.max_samples else total, label, ds)
@@ -120,7 +123,8 @@ def evaluate(plan: EvalPlan, on_batch: Callable[[int], None] | None = None) -> d
     if opts.truncated_refs:
         ids = list(refs)
         refs = dict(zip(ids, truncate_like_reference([refs[k] for k in ids], model.tokenizer, cfg.model.max_report_tokens)))
-    metrics = score(refs, preds, meteor=opts.meteor, labeler=plan.label, per_report_labels=True)
+    metrics = score(refs, preds, meteor=opts.meteor, labeler=plan.label, per_report_labels=True,
+                    bootstrap=opts.bootstrap)
     labels = metrics.pop("labels")
     rouge = per_report_rouge(refs, preds)
     metrics.update(

@@ -13,6 +13,7 @@ import numpy as np
 
 from r2g.errors import R2GError
 from r2g.labels import CHEXPERT_5, CHEXPERT_LABELS, POSITIVE, UNCERTAIN
+from r2g.metrics.bootstrap import StudyMean, StudyStats, SummedStats
 
 
 def _binary(labels: list[dict], side: str, positive: tuple = (POSITIVE,)) -> np.ndarray:
@@ -96,34 +97,37 @@ def compute_ce(ref_labels: list[dict], pred_labels: list[dict]) -> dict[str, flo
     return scores
 
 
-def micro_f1_gain(
-    ref_labels: list[dict],
-    pred_a: list[dict],
-    pred_b: list[dict],
-    labels: tuple[str, ...] = CHEXPERT_LABELS,
-    samples: int = 2000,
-    seed: int = 0,
-) -> dict[str, float]:
-    """CE micro F1 (over `labels`) of system A minus system B on the same reports, with a 95% paired
-    bootstrap interval: reports are drawn with replacement, the same draw for both systems, `samples` times.
+def ce_study_stats(ref_labels: list[dict], pred_labels: list[dict]) -> list[StudyStats]:
+    """Per-study statistics of every `ce_*` / `ce5_*` key of `compute_ce` (r2g.metrics.bootstrap): each study's
+    tp, fp and fn per label, summed over a resample for the micro and macro scores; each study's example-based
+    precision, recall and F1, averaged."""
+    if len(ref_labels) != len(pred_labels) or not ref_labels:
+        raise R2GError(f"{len(ref_labels)} reference label rows but {len(pred_labels)} prediction rows: "
+                       "label the same non-empty set of reports on both sides")
+    stats: list[StudyStats] = []
+    upos = (POSITIVE, UNCERTAIN)
+    for tag, positive in (("", (POSITIVE,)), ("_upos", upos)):
+        ref, pred = _binary(ref_labels, "reference", positive), _binary(pred_labels, "prediction", positive)
+        counts = np.concatenate([(ref & pred), (~ref & pred), (ref & ~pred)], axis=1).astype(float)  # (N, 3 * 14)
+        keys = tuple(f"{prefix}_{average}_{name}" for prefix in (f"ce{tag}", f"ce5{tag}")
+                     for average in ("micro", "macro") for name in ("precision", "recall", "f1"))
+        stats.append(SummedStats(keys, counts, _micro_macro_from_sums,
+                                 "micro and macro scores of the resample's summed per-label tp, fp, fn"))
+    ref, pred = _binary(ref_labels, "reference"), _binary(pred_labels, "prediction")
+    per_report = np.stack(_prf(*_counts(ref, pred, axis=1)), axis=1)
+    stats.append(StudyMean(tuple(f"ce_example_{name}" for name in ("precision", "recall", "f1")), per_report))
+    return stats
 
-    Returns {"gain", "low", "high"} (low/high: the 2.5th / 97.5th percentiles of the resampled gains).
-    A gain whose interval excludes 0 is not an accident of which reports are in the test set.
-    """
-    if not (len(ref_labels) == len(pred_a) == len(pred_b)) or not ref_labels:
-        raise R2GError(f"paired bootstrap needs the same non-empty reports on all sides: {len(ref_labels)} references, "
-                       f"{len(pred_a)} and {len(pred_b)} predictions")
-    columns = [CHEXPERT_LABELS.index(name) for name in labels]
-    ref = _binary(ref_labels, "reference")[:, columns]
 
-    def per_report_counts(pred: list[dict]) -> np.ndarray:  # (reports, 3): tp, fp, fn
-        return np.stack(_counts(ref, _binary(pred, "prediction")[:, columns], axis=1), axis=1)
-
-    def micro_f1(counts: np.ndarray) -> np.ndarray:  # counts (..., 3) summed over reports
-        return _prf(counts[..., 0], counts[..., 1], counts[..., 2])[2]
-
-    a, b = per_report_counts(pred_a), per_report_counts(pred_b)
-    draws = np.random.default_rng(seed).integers(len(ref), size=(samples, len(ref)))
-    resampled = micro_f1(a[draws].sum(1)) - micro_f1(b[draws].sum(1))
-    low, high = np.percentile(resampled, [2.5, 97.5])
-    return {"gain": float(micro_f1(a.sum(0)) - micro_f1(b.sum(0))), "low": float(low), "high": float(high)}
+def _micro_macro_from_sums(sums: np.ndarray) -> np.ndarray:
+    """(B, 3 * 14) summed tp, fp, fn per label -> (B, 12): micro P, R, F1 and macro P, R, F1 over the 14 labels,
+    then the same over CHEXPERT_5, in `ce_study_stats`' key order."""
+    n = len(CHEXPERT_LABELS)
+    tp, fp, fn = sums[:, :n], sums[:, n:2 * n], sums[:, 2 * n:]
+    five = [CHEXPERT_LABELS.index(name) for name in CHEXPERT_5]
+    columns = []
+    for cols in (slice(None), five):
+        t, f, m = tp[:, cols], fp[:, cols], fn[:, cols]
+        columns += list(_prf(t.sum(1), f.sum(1), m.sum(1)))
+        columns += [per_label.mean(1) for per_label in _prf(t, f, m)]
+    return np.stack(columns, axis=1)

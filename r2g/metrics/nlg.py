@@ -22,11 +22,13 @@ import tempfile
 import threading
 from importlib.util import find_spec
 
-from pycocoevalcap.bleu.bleu import Bleu
-from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.bleu.bleu_scorer import BleuScorer
+from pycocoevalcap.cider.cider_scorer import CiderScorer
 from pycocoevalcap.rouge.rouge import Rouge
 
 from r2g.errors import R2GError
+from r2g.metrics.bootstrap import StudyStats
+from r2g.metrics.nlg_stats import CiderStats, bleu_stats, meteor_stats, rouge_stats
 
 _NO_JAVA = "METEOR needs Java 17+: apt-get install openjdk-17-jre-headless, or pass meteor=False / --no-meteor"
 
@@ -56,16 +58,35 @@ def compute_nlg(refs: dict[str, str], preds: dict[str, str], meteor: bool = True
     Empty predictions are allowed and score 0. With `meteor=False` the METEOR key is absent. METEOR
     uses one JVM per process, started on first use and reused (its startup takes 6-11 s on 2 cores).
     """
+    return compute_nlg_with_stats(refs, preds, meteor)[0]
+
+
+def compute_nlg_with_stats(refs: dict[str, str], preds: dict[str, str],
+                           meteor: bool = True) -> tuple[dict[str, float], list[StudyStats]]:
+    """`compute_nlg`'s scores, and each metric's per-study statistics in `refs` order (r2g.metrics.bootstrap),
+    taken from the same scorer runs: the scores are the scorers' own, the statistics only re-weight them."""
     check_pairs(refs, preds)
     gts = {k: [refs[k]] for k in refs}
     res = {k: [preds[k]] for k in refs}
-    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    bleu_scorer = BleuScorer(n=4)  # what Bleu(4).compute_score runs, kept to read its per-study counts
+    for k in refs:
+        bleu_scorer += (res[k][0], gts[k])
+    bleu, _ = bleu_scorer.compute_score(option="closest", verbose=0)
     scores = {f"BLEU_{n + 1}": float(b) for n, b in enumerate(bleu)}
+    stats: list[StudyStats] = [bleu_stats(bleu_scorer)]
     if meteor:
-        scores["METEOR"] = shared_meteor().score(refs, preds)[0]
-    scores["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
-    scores["CIDEr"] = float(Cider().compute_score(gts, res)[0])
-    return scores
+        corpus, _, lines = shared_meteor().score_with_stats(refs, preds)
+        scores["METEOR"] = corpus
+        stats.append(meteor_stats(lines))
+    rouge, per_study = Rouge().compute_score(gts, res)
+    scores["ROUGE_L"] = float(rouge)
+    stats.append(rouge_stats(per_study))
+    cider_scorer = CiderScorer(n=4, sigma=6.0)  # what Cider().compute_score runs
+    for k in refs:
+        cider_scorer += (res[k][0], gts[k])
+    scores["CIDEr"] = float(cider_scorer.compute_score()[0])
+    stats.append(CiderStats(cider_scorer))
+    return scores, stats
 
 
 def meteor_jar() -> str:
@@ -122,6 +143,10 @@ class Meteor:
 
     def score(self, refs: dict[str, str], preds: dict[str, str]) -> tuple[float, list[float]]:
         """(corpus METEOR, per-report METEOR in `refs` order). Kills the JVM and raises R2GError on failure."""
+        return self.score_with_stats(refs, preds)[:2]
+
+    def score_with_stats(self, refs: dict[str, str], preds: dict[str, str]) -> tuple[float, list[float], list[str]]:
+        """`score`, and the jar's statistics line for each pair (r2g.metrics.nlg_stats.meteor_stats)."""
         check_pairs(refs, preds)
         ids = list(refs)
         with self._lock:
@@ -138,7 +163,7 @@ class Meteor:
             except BaseException:
                 self.close()  # a half-read reply would desynchronise the next call
                 raise
-        return corpus, per_report
+        return corpus, per_report, stats
 
     def _send(self, lines) -> None:
         """Write from a thread: a JVM that stops reading must not block us past the reply deadline."""

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from r2g.errors import R2GError
+from r2g.metrics.bootstrap import CONFIDENCE, StudyStats, check_resamples, intervals
 from r2g.metrics.chexpert import load_labeler
-from r2g.metrics.clinical import compute_ce
-from r2g.metrics.nlg import check_pairs, compute_nlg
+from r2g.metrics.clinical import ce_study_stats, compute_ce
+from r2g.metrics.nlg import check_pairs, compute_nlg_with_stats
 
 
 def load_pairs(pred_path: str | Path, ref_path: str | Path | None = None) -> tuple[dict[str, str], dict[str, str]]:
@@ -101,6 +103,47 @@ def _is_r2gen_file(text: str) -> bool:
     return isinstance(data, dict) and not {"id", "prediction", "reference"} & set(data)
 
 
+@dataclass(frozen=True)
+class Scored:
+    """One system's scores on a set of studies, with what resampling them needs."""
+
+    metrics: dict  # what `score` returns, without intervals
+    stats: list[StudyStats]  # every metric's per-study statistics, in `ids` order (r2g.metrics.bootstrap)
+    ids: list[str]
+    ref_labels: list[dict]
+    pred_labels: list[dict]
+
+
+def score_studies(refs: dict[str, str], preds: dict[str, str], meteor: bool = True,
+                  labeler: str | Callable[[list[str]], list[dict]] = "rules", labeler_weights: str | None = None) -> Scored:
+    """NLG and CE scores of `preds` against `refs`, and their per-study statistics, from one run of each scorer."""
+    check_pairs(refs, preds)
+    # First: a bad labeler fails before the slow NLG part.
+    label = labeler if callable(labeler) else load_labeler(labeler, labeler_weights)
+    ids = list(refs)
+    metrics: dict = {"num_reports": len(ids)}
+    nlg, stats = compute_nlg_with_stats(refs, preds, meteor=meteor)
+    metrics.update(nlg)
+    ref_labels = label([refs[k] for k in ids])
+    pred_labels = label([preds[k] for k in ids])
+    metrics.update(compute_ce(ref_labels, pred_labels))
+    stats += ce_study_stats(ref_labels, pred_labels)
+    return Scored(metrics, stats, ids, ref_labels, pred_labels)
+
+
+def interval_record(scored: Scored, resamples: int, seed: int = 0) -> dict:
+    """{"intervals": {key: [low, high]}, "bootstrap": how they were formed}: what metrics.json holds."""
+    found = intervals(scored.stats, len(scored.ids), resamples, seed)
+    return {
+        "intervals": {key: [low, high] for key, (low, high) in found.items()},
+        "bootstrap": {
+            "resamples": resamples, "seed": seed, "confidence": CONFIDENCE, "unit": "study",
+            "interval": "percentile (2.5th and 97.5th of the resampled values)",
+            "recomputed": {", ".join(metric.keys): metric.method for metric in scored.stats},
+        },
+    }
+
+
 def score(
     refs: dict[str, str],
     preds: dict[str, str],
@@ -108,22 +151,22 @@ def score(
     labeler: str | Callable[[list[str]], list[dict]] = "rules",
     labeler_weights: str | None = None,
     per_report_labels: bool = False,
+    bootstrap: int = 0,
+    seed: int = 0,
 ) -> dict:
     """NLG metrics (BLEU_1..4, METEOR, ROUGE_L, CIDEr) and CE metrics (ce_*, ce5_*, per_label) in one dict.
 
     Both sides are labelled with `labeler` ("rules" or "chexbert" with `labeler_weights`, or one `load_labeler`
-    already returned). With
-    `per_report_labels`, "labels" maps each id to {"reference": labels, "prediction": labels}.
+    already returned). With `per_report_labels`, "labels" maps each id to {"reference": labels, "prediction":
+    labels}. With `bootstrap` N > 0, "intervals" holds each key's 95 % interval over N resamples of the studies
+    drawn with `seed`, and "bootstrap" says how (`interval_record`); the point values do not change.
     """
-    check_pairs(refs, preds)
-    # First: a bad labeler fails before the slow NLG part.
-    label = labeler if callable(labeler) else load_labeler(labeler, labeler_weights)
-    ids = list(refs)
-    results: dict = {"num_reports": len(ids)}
-    results.update(compute_nlg(refs, preds, meteor=meteor))
-    ref_labels = label([refs[k] for k in ids])
-    pred_labels = label([preds[k] for k in ids])
-    results.update(compute_ce(ref_labels, pred_labels))
+    check_resamples(bootstrap)
+    scored = score_studies(refs, preds, meteor, labeler, labeler_weights)
+    results = dict(scored.metrics)
+    if bootstrap:
+        results.update(interval_record(scored, bootstrap, seed))
     if per_report_labels:
-        results["labels"] = {k: {"reference": r, "prediction": p} for k, r, p in zip(ids, ref_labels, pred_labels)}
+        results["labels"] = {k: {"reference": r, "prediction": p}
+                             for k, r, p in zip(scored.ids, scored.ref_labels, scored.pred_labels)}
     return results

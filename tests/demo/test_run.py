@@ -55,32 +55,34 @@ def test_demo_at_toy_size(tmp_path, monkeypatch):
         assert saved["data"]["blank_images"] is blank and saved["model"]["mode"] == "delta"
         # recorded absolute, so the run folder works from any directory (`cd demo && r2g generate …`)
         assert saved["model"]["vision_weights"] == str(tmp_path / "demo" / "swin-pretrained.safetensors")
-    gain = results["ce_micro_f1_gain"]
+    gain = results["ce_micro_f1_gain"]  # read from `r2g compare` of the two runs
     assert gain["gain"] == pytest.approx(results["with-images"]["ce_micro_f1"] - results["blank-images"]["ce_micro_f1"])
-    assert gain["low"] <= gain["gain"] <= gain["high"]
+    assert gain["low"] <= gain["gain"] <= gain["high"] and 0 < gain["p"] <= gain["p_holm"] <= 1
+    assert {row["metric"] for row in results["compare"]["rows"]} >= {"BLEU_4", "METEOR", "CIDEr", "ce_micro_f1"}
+    # every metric of both evaluations carries its interval
+    assert set(results["with-images"]["intervals"]) >= {"BLEU_4", "METEOR", "CIDEr", "ce_micro_f1", "ce5_upos_macro_f1"}
     assert json.loads(Path("demo/demo_results.json").read_text())["ce_micro_f1_gain"] == gain
     assert demo_config(opts, "x", True).generate.repetition_penalty == 1.0
 
 
-def test_image_gain_pairs_studies_by_id_and_refuses_different_ones(tmp_path):
+def test_image_gain_is_r2g_compare_of_the_two_runs_paired_by_id(tmp_path):
     from r2g.demo.run import image_gain
     from r2g.errors import R2GError
-    from r2g.labels import CHEXPERT_LABELS
 
-    def labels(**positive):
-        return {name: int(name.replace(" ", "_") in positive) for name in CHEXPERT_LABELS}
-
-    ref = {"a": labels(Cardiomegaly=1), "b": labels(No_Finding=1)}
+    ref = {"a": "the heart is enlarged .", "b": "no acute disease ."}
 
     def write(path, preds):
-        path.write_text("".join(json.dumps({"id": i, "labels_reference": ref[i], "labels_prediction": p}) + "\n"
+        path.write_text("".join(json.dumps({"id": i, "prediction": p, "reference": ref[i]}) + "\n"
                                 for i, p in preds.items()))
 
-    write(tmp_path / "img.jsonl", {"b": labels(No_Finding=1), "a": labels(Cardiomegaly=1)})  # order differs
-    write(tmp_path / "blank.jsonl", {"a": labels(No_Finding=1), "b": labels(No_Finding=1)})
-    gain = image_gain(tmp_path / "img.jsonl", tmp_path / "blank.jsonl")
-    assert gain["gain"] == pytest.approx(1 - 0.5)  # perfect vs tp 1, fp 1, fn 1: F1 2 / (2 + 1 + 1)
+    write(tmp_path / "img.jsonl", {"b": "no acute disease .", "a": "the heart is enlarged ."})  # order differs
+    write(tmp_path / "blank.jsonl", {"a": "no acute disease .", "b": "no acute disease ."})
+    result = image_gain(tmp_path / "img.jsonl", tmp_path / "blank.jsonl", meteor=False)
+    assert result["baseline"] == str(tmp_path / "blank.jsonl")  # A = images blanked, B = sees the images
+    gain = next(row for row in result["rows"] if row["metric"] == "ce_micro_f1")
+    # perfect (Cardiomegaly, No Finding) vs tp 1 (No Finding), fp 1 (No Finding on a), fn 1 (Cardiomegaly on a)
+    assert gain["delta"] == pytest.approx(1 - 0.5) and gain["low"] <= gain["delta"] <= gain["high"]
 
-    write(tmp_path / "other.jsonl", {"a": labels(No_Finding=1)})
-    with pytest.raises(R2GError, match="hold different studies"):
-        image_gain(tmp_path / "img.jsonl", tmp_path / "other.jsonl")
+    write(tmp_path / "other.jsonl", {"a": "no acute disease ."})
+    with pytest.raises(R2GError, match=r"do not cover the same studies: 1 only in .*blank.jsonl \(first: \['b'\]\)"):
+        image_gain(tmp_path / "other.jsonl", tmp_path / "blank.jsonl", meteor=False)
