@@ -276,7 +276,7 @@ app.command()(with_config_flags(train, ("data", "model", "train", "generate")))
 
 # ---------------------------------------------------------------------------------------------- eval
 def print_metrics(metrics: dict, title: str) -> None:
-    from r2g.metrics.keys import HEADLINE
+    from r2g.metrics.keys import PRINTED
 
     intervals = metrics.get("intervals", {})
     table = Table(title=title)
@@ -285,7 +285,7 @@ def print_metrics(metrics: dict, title: str) -> None:
     if intervals:
         table.add_column("95% interval", justify="right")
     table.add_column("what")
-    for key, meaning in HEADLINE.items():
+    for key, meaning in PRINTED.items():
         if key in metrics:
             low, high = intervals.get(key, (None, None))
             shown = [f"[{low:.4f}, {high:.4f}]" if low is not None else "-"] if intervals else []
@@ -306,6 +306,25 @@ CHECKPOINT_HELP = "Read weights from a DeepSpeed checkpoint tag (or 'latest') in
 MISMATCH_HELP = "Go ahead when --llm's config differs from the trained one."
 BOOTSTRAP_HELP = ("Resamples of the studies for each metric's 95% interval (every metric recomputed on each, "
                   "seeded: the same input gives the same interval); 0 = no intervals.")
+# Model-based metrics (r2g.metrics.model_based), each from a local folder; `pip install 'r2g[metrics]'`.
+METRIC_PANEL = "model-based metrics (local folders, nothing downloaded)"
+RADGRAPH_HELP = ("RadGraph F1 (simple, partial, complete): the unpacked radgraph model (config.json, vocabulary/, "
+                 "weights.th) in a folder named after its type (radgraph, radgraph-xl, ...).")
+BERTSCORE_HELP = ("BERTScore as ReXrank: a save_pretrained distilroberta-base folder (layer 5, idf off, F1 rescaled "
+                  "with bert-score's distilroberta-base baseline).")
+RATESCORE_HELP = "RaTEScore: a folder with ner/ (RaTE-NER-Deberta) and encoder/ (BioLORD-2023-C), each save_pretrained."
+CHEXBERT_HELP = ("CheXbert F1 as f1chexbert (14- and 5-label micro/macro, uncertain = positive): a folder with "
+                 "chexbert.pth and bert-base-uncased/. With --radgraph and --bertscore also gives RadCliQ-v1.")
+GREEN_HELP = ("GREEN: a local causal LM judge (e.g. GREEN-radllama2-7b). Slow: one generation of up to ~1,000 "
+              "tokens per report, about 1-2 h for 3,858 reports with a 7B judge on one GPU, days on a CPU.")
+
+
+def model_metrics(radgraph, bertscore, ratescore, chexbert, green) -> "ModelMetrics":
+    from r2g.metrics.model_based import ModelMetrics
+
+    return ModelMetrics(radgraph=radgraph, bertscore=bertscore, ratescore=ratescore, chexbert=chexbert, green=green)
+
+
 DS_HELP = ("A ZeRO-3 config (ds_configs/zero3.json): the LLM is partitioned across the ranks of the launch "
            "(deepspeed / torchrun), for an LLM one GPU cannot hold. Default: each rank holds the whole model.")
 
@@ -322,6 +341,11 @@ def eval_command(
     meteor: bool = typer.Option(True, help="Score METEOR (needs Java)."),
     labeler: str = typer.Option("rules", help="rules (built-in CheXpert-style) or chexbert (needs --labeler-weights)."),
     labeler_weights: Optional[str] = typer.Option(None, help="Local CheXbert folder (chexbert.pth + bert-base-uncased/)."),
+    radgraph: Optional[str] = typer.Option(None, help=RADGRAPH_HELP, rich_help_panel=METRIC_PANEL),
+    bertscore: Optional[str] = typer.Option(None, help=BERTSCORE_HELP, rich_help_panel=METRIC_PANEL),
+    ratescore: Optional[str] = typer.Option(None, help=RATESCORE_HELP, rich_help_panel=METRIC_PANEL),
+    chexbert: Optional[str] = typer.Option(None, help=CHEXBERT_HELP, rich_help_panel=METRIC_PANEL),
+    green: Optional[str] = typer.Option(None, help=GREEN_HELP, rich_help_panel=METRIC_PANEL),
     truncated_refs: bool = typer.Option(False, help="Compatibility only: score against references truncated to the token budget, as the reference code does (inflates scores)."),
     max_samples: int = typer.Option(0, help="Evaluate only the first N studies (0 = all)."),
     bootstrap: int = typer.Option(1000, help=BOOTSTRAP_HELP),
@@ -336,6 +360,7 @@ def eval_command(
     opts = EvalOptions(
         split=split, out=out, shards=shards, llm=llm, vision_weights=vision_weights, checkpoint=checkpoint,
         allow_llm_mismatch=allow_llm_mismatch, meteor=meteor, labeler=labeler, labeler_weights=labeler_weights,
+        models=model_metrics(radgraph, bertscore, ratescore, chexbert, green),
         truncated_refs=truncated_refs, max_samples=max_samples, bootstrap=bootstrap, workers=workers, ds=ds,
         generate=config_overrides(generation).get("generate", {}),  # over the run's own generation settings
     )
@@ -403,13 +428,20 @@ def score(
     labeler: str = typer.Option("rules"), labeler_weights: Optional[str] = typer.Option(None),
     bootstrap: int = typer.Option(1000, help=BOOTSTRAP_HELP),
     out: Optional[Path] = typer.Option(None, help="Write the metrics as JSON here."),
+    radgraph: Optional[str] = typer.Option(None, help=RADGRAPH_HELP, rich_help_panel=METRIC_PANEL),
+    bertscore: Optional[str] = typer.Option(None, help=BERTSCORE_HELP, rich_help_panel=METRIC_PANEL),
+    ratescore: Optional[str] = typer.Option(None, help=RATESCORE_HELP, rich_help_panel=METRIC_PANEL),
+    chexbert: Optional[str] = typer.Option(None, help=CHEXBERT_HELP, rich_help_panel=METRIC_PANEL),
+    green: Optional[str] = typer.Option(None, help=GREEN_HELP, rich_help_panel=METRIC_PANEL),
 ):
-    """Score any predictions file: coco-caption NLG metrics and CheXpert clinical efficacy, each with its 95% interval."""
+    """Score any predictions file: coco-caption NLG metrics and CheXpert clinical efficacy, each with its 95%
+    interval, and the model-based metrics whose folders are given."""
     from r2g.metrics.score import load_pairs, score as score_pairs
 
     refs, preds = load_pairs(pred, ref)
     metrics = score_pairs(refs, preds, meteor=meteor, labeler=labeler, labeler_weights=labeler_weights,
-                          bootstrap=bootstrap)
+                          bootstrap=bootstrap, models=model_metrics(radgraph, bertscore, ratescore, chexbert, green),
+                          log=lambda name: console.print(f"scoring {name}"))
     print_metrics(metrics, f"{pred.name} ({len(refs)} reports)")
     if out:
         out.write_text(json.dumps(metrics, indent=2) + "\n")

@@ -22,6 +22,7 @@ from typing import Any
 from r2g.data.loader import SplitShards, make_loader, split_shards, study_images
 from r2g.eval.decode import decode, per_rank_limit
 from r2g.eval.reconstitute import RunFolder, load_run, open_run, partitioned_inference_config
+from r2g.metrics.model_based import ModelMetrics, check_folders
 from r2g.model.zero3_load import llm_elements_held
 
 
@@ -42,6 +43,7 @@ class EvalOptions:
     meteor: bool = True
     labeler: str = "rules"
     labeler_weights: str | None = None
+    models: ModelMetrics = ModelMetrics()  # model-based metrics, each from a local folder
     truncated_refs: bool = False
     max_samples: int = 0  # 0 = the whole split
     bootstrap: int = 1000  # resamples of the studies for each metric's interval; 0 = none
@@ -88,6 +90,7 @@ def prepare(run: str | Path, opts: EvalOptions = EvalOptions()) -> EvalPlan:
     # load it now, once, and score with this one.
     label = load_labeler(opts.labeler, opts.labeler_weights)
     check_resamples(opts.bootstrap)
+    check_folders(opts.models)
     ds = partitioned_inference_config(folder, opts.ds) if opts.ds else None
     total = checked.samples
     return EvalPlan(folder, opts, checked, min(total, opts.max_samples) if opts.max_samples else total, label, ds)
@@ -124,7 +127,7 @@ def evaluate(plan: EvalPlan, on_batch: Callable[[int], None] | None = None) -> d
         ids = list(refs)
         refs = dict(zip(ids, truncate_like_reference([refs[k] for k in ids], model.tokenizer, cfg.model.max_report_tokens)))
     metrics = score(refs, preds, meteor=opts.meteor, labeler=plan.label, per_report_labels=True,
-                    bootstrap=opts.bootstrap)
+                    bootstrap=opts.bootstrap, models=opts.models)
     labels = metrics.pop("labels")
     rouge = per_report_rouge(refs, preds)
     metrics.update(

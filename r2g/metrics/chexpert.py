@@ -420,7 +420,7 @@ def _load_weights(checkpoint: Path) -> dict:
     return state.get("model_state_dict", state)
 
 
-def _load_chexbert(weights: str | None) -> Callable[[list[str]], list[dict]]:
+def _load_chexbert(weights: str | None) -> "CheXbert":
     """Load CheXbert lazily (torch and transformers are imported only here).
 
     CheXbert: BERT-base, 13 heads of 4 classes (blank, positive, negative, uncertain) and a 14th head of 2
@@ -445,20 +445,32 @@ def _load_chexbert(weights: str | None) -> Callable[[list[str]], list[dict]]:
         heads.load_state_dict(_strip(state, "module.linear_heads."))
     except RuntimeError as e:
         raise R2GError(f"{checkpoint}: not a CheXbert checkpoint ({str(e).splitlines()[0]})") from None
-    bert.eval()
-    heads.eval()
+    return CheXbert(tokenizer, bert.eval(), heads.eval())
+
+
+class CheXbert:
+    """A loaded CheXbert: called on texts, their 14 labels; `encode` also gives each text's [CLS] vector (the
+    embedding RadCliQ's SembScore compares)."""
+
     # Class index -> label value: 0 blank, 1 positive, 2 negative, 3 uncertain.
-    values = (None, POSITIVE, NEGATIVE, UNCERTAIN)
+    VALUES = (None, POSITIVE, NEGATIVE, UNCERTAIN)
 
-    @torch.no_grad()
-    def label(texts: list[str]) -> list[dict]:
-        out = []
-        for start in range(0, len(texts), 16):
-            batch = tokenizer(texts[start:start + 16], padding=True, truncation=True, max_length=512,
-                              return_tensors="pt")
-            cls = bert(**batch).last_hidden_state[:, 0]
-            classes = torch.stack([head(cls).argmax(-1) for head in heads], dim=1).tolist()
-            out += [{lab: values[c] for lab, c in zip(CHEXPERT_LABELS, row)} for row in classes]
-        return out
+    def __init__(self, tokenizer, bert, heads):
+        self.tokenizer, self.bert, self.heads = tokenizer, bert, heads
 
-    return label
+    def __call__(self, texts: list[str]) -> list[dict]:
+        return self.encode(texts)[0]
+
+    def encode(self, texts: list[str]) -> tuple[list[dict], "torch.Tensor"]:
+        import torch
+
+        labels, vectors = [], []
+        with torch.no_grad():
+            for start in range(0, len(texts), 16):
+                batch = self.tokenizer(texts[start:start + 16], padding=True, truncation=True, max_length=512,
+                                       return_tensors="pt")
+                cls = self.bert(**batch).last_hidden_state[:, 0]
+                classes = torch.stack([head(cls).argmax(-1) for head in self.heads], dim=1).tolist()
+                labels += [{lab: self.VALUES[c] for lab, c in zip(CHEXPERT_LABELS, row)} for row in classes]
+                vectors.append(cls)
+        return labels, torch.cat(vectors) if vectors else torch.zeros(0)

@@ -30,6 +30,24 @@ CE_CONVENTIONS = (
 )
 CE_KEYS = tuple(f"{prefix}_{score}" for _, averages in CE_CONVENTIONS for _, prefix in averages for score in CE_SCORES)
 
+# (key, display name) of the model-based metrics (r2g.metrics.model_based), each from a local folder; metrics.json
+# records under "weights" which weights made each.
+MODEL_METRICS = (
+    ("radgraph_simple", "RadGraph F1, entities (RG_E)"),
+    ("radgraph_partial", "RadGraph F1, entities + has-relation (RG_ER)"),
+    ("radgraph_complete", "RadGraph F1, entities + relations (RG_ER-bar)"),
+    ("bertscore_f1", "BERTScore F1, distilroberta-base layer 5, rescaled (ReXrank)"),
+    ("chexbert_micro_f1", "CheXbert micro F1, 14 labels, uncertain = positive (f1chexbert)"),
+    ("chexbert_macro_f1", "CheXbert macro F1, 14 labels, uncertain = positive (f1chexbert)"),
+    ("chexbert5_micro_f1", "CheXbert micro F1, 5 labels, uncertain = positive (f1chexbert)"),
+    ("chexbert5_macro_f1", "CheXbert macro F1, 5 labels, uncertain = positive (f1chexbert)"),
+    ("chexbert5_accuracy", "CheXbert 5-label exact-match accuracy (f1chexbert)"),
+    ("ratescore", "RaTEScore"),
+    ("green", "GREEN (LLM judge)"),
+    ("radcliq_v1", "RadCliQ-v1 (lower is better)"),
+)
+MODEL_KEYS = tuple(key for key, _ in MODEL_METRICS)
+
 # The headline numbers, with what each means: printed after eval / score and by the demo, and the scores
 # `--select-metric` can pick.
 HEADLINE = {
@@ -43,3 +61,5 @@ HEADLINE = {
     "ce_upos_micro_f1": "CE micro F1, 14 labels, uncertain = positive",
     "ce5_upos_micro_f1": "CE micro F1, 5 labels, uncertain = positive",
 }
+# What `r2g eval` / `r2g score` print: the headline numbers, then the model-based metrics that were run.
+PRINTED = {**HEADLINE, **dict(MODEL_METRICS)}

@@ -16,6 +16,7 @@ from r2g.errors import R2GError
 from r2g.metrics.bootstrap import CONFIDENCE, StudyStats, check_resamples, intervals
 from r2g.metrics.chexpert import load_labeler
 from r2g.metrics.clinical import ce_study_stats, compute_ce
+from r2g.metrics.model_based import ModelMetrics, check_folders, score_model_based
 from r2g.metrics.nlg import check_pairs, compute_nlg_with_stats
 
 
@@ -115,11 +116,13 @@ class Scored:
 
 
 def score_studies(refs: dict[str, str], preds: dict[str, str], meteor: bool = True,
-                  labeler: str | Callable[[list[str]], list[dict]] = "rules", labeler_weights: str | None = None) -> Scored:
+                  labeler: str | Callable[[list[str]], list[dict]] = "rules", labeler_weights: str | None = None,
+                  models: ModelMetrics = ModelMetrics(), log=lambda message: None) -> Scored:
     """NLG and CE scores of `preds` against `refs`, and their per-study statistics, from one run of each scorer."""
     check_pairs(refs, preds)
-    # First: a bad labeler fails before the slow NLG part.
+    # First: a bad labeler or metric folder fails before the slow NLG part.
     label = labeler if callable(labeler) else load_labeler(labeler, labeler_weights)
+    check_folders(models)
     ids = list(refs)
     metrics: dict = {"num_reports": len(ids)}
     nlg, stats = compute_nlg_with_stats(refs, preds, meteor=meteor)
@@ -128,6 +131,9 @@ def score_studies(refs: dict[str, str], preds: dict[str, str], meteor: bool = Tr
     pred_labels = label([preds[k] for k in ids])
     metrics.update(compute_ce(ref_labels, pred_labels))
     stats += ce_study_stats(ref_labels, pred_labels)
+    if models.any():
+        found = score_model_based(refs, preds, models, log=log)
+        metrics.update(found)
     return Scored(metrics, stats, ids, ref_labels, pred_labels)
 
 
@@ -153,16 +159,19 @@ def score(
     per_report_labels: bool = False,
     bootstrap: int = 0,
     seed: int = 0,
+    models: ModelMetrics = ModelMetrics(),
+    log=lambda message: None,
 ) -> dict:
     """NLG metrics (BLEU_1..4, METEOR, ROUGE_L, CIDEr) and CE metrics (ce_*, ce5_*, per_label) in one dict.
 
     Both sides are labelled with `labeler` ("rules" or "chexbert" with `labeler_weights`, or one `load_labeler`
     already returned). With `per_report_labels`, "labels" maps each id to {"reference": labels, "prediction":
-    labels}. With `bootstrap` N > 0, "intervals" holds each key's 95 % interval over N resamples of the studies
+    labels}. `models` names the model-based metrics to add (r2g.metrics.model_based: their keys,
+    `metric_weights` and `per_study`). With `bootstrap` N > 0, "intervals" holds each key's 95 % interval over N resamples of the studies
     drawn with `seed`, and "bootstrap" says how (`interval_record`); the point values do not change.
     """
     check_resamples(bootstrap)
-    scored = score_studies(refs, preds, meteor, labeler, labeler_weights)
+    scored = score_studies(refs, preds, meteor, labeler, labeler_weights, models, log)
     results = dict(scored.metrics)
     if bootstrap:
         results.update(interval_record(scored, bootstrap, seed))

@@ -1,0 +1,145 @@
+"""The model-based report metrics, each from a local folder: which to run (`ModelMetrics`), and running them
+(`score_model_based`). Install their packages with `pip install 'r2g[metrics]'`.
+
+Output, merged into metrics.json by r2g.metrics.score:
+- corpus keys (r2g.metrics.keys.MODEL_METRICS): each the mean over reports of a per-report score, except the
+  CheXbert F1 keys, which are corpus-level (micro: summed counts over reports; macro: mean over labels);
+- `metric_weights`: {key: which weights made it} — the folder name and one sha256 over its weight files;
+- `per_study`: the per-report statistics the corpus keys are computed from, so a bootstrap over studies can
+  recompute each key without re-running a model:
+  `per_study[key] = {id: score}` for every mean-of-reports key (the key is the mean of these), and
+  `per_study["chexbert_labels"] = {id: {"reference": labels, "prediction": labels}}` for the CheXbert keys
+  (recompute them with `chexbert_scores` on the resampled label rows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from r2g.labels import CHEXPERT_5, CHEXPERT_LABELS, POSITIVE, UNCERTAIN
+from r2g.metrics.clinical import _binary, _micro_macro
+
+
+CHEXBERT_HOLDS = "chexbert.pth (the CheXbert checkpoint) and bert-base-uncased/ (its config.json and vocab.txt)"
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    """Local folders of the model-based metrics; None = not run. RadCliQ-v1 runs when radgraph, bertscore and
+    chexbert are all given."""
+
+    radgraph: str | None = None
+    bertscore: str | None = None
+    ratescore: str | None = None
+    chexbert: str | None = None
+    green: str | None = None
+
+    def any(self) -> bool:
+        return any(getattr(self, f.name) for f in fields(self))
+
+
+def chexbert_scores(ref_labels: list[dict], pred_labels: list[dict]) -> dict[str, float]:
+    """f1chexbert's report-generation scores from CheXbert labels of both sides: uncertain counts as positive
+    (its "rrg" mode), sklearn's micro / macro F1 over the 14 labels and over the 5 (CHEXPERT_5), and the
+    5-label exact-match accuracy."""
+    upos = (POSITIVE, UNCERTAIN)
+    ref, pred = _binary(ref_labels, "reference", upos), _binary(pred_labels, "prediction", upos)
+    five = [CHEXPERT_LABELS.index(name) for name in CHEXPERT_5]
+    scores = {}
+    for prefix, columns in (("chexbert", slice(None)), ("chexbert5", five)):
+        found = _micro_macro(ref[:, columns], pred[:, columns], prefix)
+        scores.update({f"{prefix}_{avg}_f1": found[f"{prefix}_{avg}_f1"] for avg in ("micro", "macro")})
+    scores["chexbert5_accuracy"] = float((ref[:, five] == pred[:, five]).all(1).mean())
+    return scores
+
+
+def score_model_based(refs: dict[str, str], preds: dict[str, str], metrics: ModelMetrics,
+                      log=lambda message: None) -> dict:
+    """Corpus keys, `weights` and `per_study` (module docstring) of every metric `metrics` names. Every folder
+    is checked before any model loads."""
+    from r2g.metrics import bertscore, radgraph, ratescore
+
+    ids = list(refs)
+    ref_texts, pred_texts = [refs[k] for k in ids], [preds[k] for k in ids]
+    check_folders(metrics)
+    results: dict = {"metric_weights": {}, "per_study": {}}
+
+    def put(key: str, values: list[float], weights: dict) -> None:
+        results[key] = float(np.mean(values))
+        results["per_study"][key] = dict(zip(ids, values))
+        results["metric_weights"][key] = weights
+
+    radgraph_out = bert = semb = None
+    if metrics.radgraph:
+        log("RadGraph F1")
+        scorer = radgraph.RadGraphScorer(metrics.radgraph)
+        radgraph_out = scorer.score(ref_texts, pred_texts)
+        for variant in radgraph.VARIANTS:
+            put(f"radgraph_{variant}", radgraph_out["per_report"][variant], scorer.weights)
+    if metrics.bertscore:
+        log("BERTScore")
+        scorer = bertscore.BERTScoreScorer(metrics.bertscore)
+        bert = scorer.score(ref_texts, pred_texts)
+        put("bertscore_f1", bert, scorer.weights)
+    if metrics.chexbert:
+        log("CheXbert")
+        from r2g.metrics.chexpert import load_labeler
+        from r2g.metrics.local_weights import fingerprint, offline
+
+        with offline():
+            model = load_labeler("chexbert", metrics.chexbert)
+        ref_labels, ref_vectors = model.encode(ref_texts)
+        pred_labels, pred_vectors = model.encode(pred_texts)
+        weights = fingerprint(Path(metrics.chexbert))
+        for key, value in chexbert_scores(ref_labels, pred_labels).items():
+            results[key] = value
+            results["metric_weights"][key] = weights
+        results["per_study"]["chexbert_labels"] = {
+            k: {"reference": r, "prediction": p} for k, r, p in zip(ids, ref_labels, pred_labels)}
+        from r2g.metrics.radcliq import cosine
+
+        semb = cosine(ref_vectors.numpy(), pred_vectors.numpy())
+    if metrics.ratescore:
+        log("RaTEScore")
+        scorer = ratescore.RaTEScorer(metrics.ratescore)
+        put("ratescore", scorer.score(ref_texts, pred_texts), scorer.weights)
+    if metrics.green:
+        log("GREEN (LLM judge: slow)")
+        from r2g.metrics.green import GreenScorer
+
+        scorer = GreenScorer(metrics.green)
+        put("green", scorer.score(ref_texts, pred_texts), scorer.weights)
+    if radgraph_out is not None and bert is not None and semb is not None:
+        from r2g.metrics.radcliq import bleu2, radcliq_v1
+
+        combined = [radgraph.entity_relation_f1(*pair) if pair else 0.0 for pair in radgraph_out["annotations"]]
+        bleu = [bleu2(r, p) for r, p in zip(ref_texts, pred_texts)]
+        weights = {name: results["metric_weights"][key] for name, key in
+                   (("radgraph", "radgraph_simple"), ("bertscore", "bertscore_f1"), ("chexbert", "chexbert_micro_f1"))}
+        put("radcliq_v1", radcliq_v1(combined, bert, semb, bleu), weights)
+    return results
+
+
+def check_folders(metrics: ModelMetrics) -> None:
+    """Every folder checked up front: a wrong last flag fails before the first model spends minutes."""
+    from r2g.metrics import bertscore, radgraph
+    from r2g.metrics.green import HOLDS as GREEN_HOLDS
+    from r2g.metrics.local_weights import require_folder, require_hf_model
+    from r2g.metrics.ratescore import HOLDS as RATE_HOLDS
+
+    if metrics.radgraph:
+        radgraph.check_folder(metrics.radgraph)
+    if metrics.bertscore:
+        bertscore.check_folder(metrics.bertscore)
+    if metrics.chexbert:
+        require_folder("--chexbert", metrics.chexbert, CHEXBERT_HOLDS,
+                       ("chexbert.pth", "bert-base-uncased/config.json", "bert-base-uncased/vocab.txt"))
+    if metrics.ratescore:
+        folder = require_folder("--ratescore", metrics.ratescore, RATE_HOLDS, ("ner", "encoder"))
+        require_hf_model("--ratescore", folder / "ner", RATE_HOLDS)
+        require_hf_model("--ratescore", folder / "encoder", RATE_HOLDS)
+    if metrics.green:
+        require_hf_model("--green", metrics.green, GREEN_HOLDS)
