@@ -75,14 +75,22 @@ def offline() -> Iterator[None]:
 def tokenizer_v4_methods() -> None:
     """Give transformers 5 tokenizers back the two transformers 4 methods that radgraph 0.1.18's vendored
     allennlp (and bert-score 0.3.13, for an empty report) call: r2g pins transformers 5, they were written for 4. Both are the 4.x behaviour:
-    `encode_plus(text, pair, **kw)` was `__call__` on one input, and `build_inputs_with_special_tokens(ids)`
+    `encode_plus(text, pair, **kw)` was `__call__` on one input (a list of tokens: their ids), and `build_inputs_with_special_tokens(ids)`
     wraps one sequence in the special tokens the tokenizer itself adds (for BERT: [CLS] ids [SEP])."""
     from transformers.tokenization_utils_base import PreTrainedTokenizerBase as Base
 
     if not hasattr(Base, "encode_plus"):
-        Base.encode_plus = lambda self, *args, **kwargs: self(*args, **kwargs)
+        Base.encode_plus = _encode_one
     if not hasattr(Base, "build_inputs_with_special_tokens"):
         Base.build_inputs_with_special_tokens = _wrap_in_special_tokens
+
+
+def _encode_one(self, text, text_pair=None, add_special_tokens: bool = True, **kwargs):
+    if isinstance(text, (list, tuple)) and text_pair is None:
+        # A list of tokens (as f1chexbert passes): transformers 4 converted them to ids one by one.
+        ids = self.convert_tokens_to_ids(list(text))
+        return {"input_ids": self.build_inputs_with_special_tokens(ids) if add_special_tokens else ids}
+    return self(text, text_pair, add_special_tokens=add_special_tokens, **kwargs)
 
 
 def _wrap_in_special_tokens(self, ids: list[int], pair: list[int] | None = None) -> list[int]:
