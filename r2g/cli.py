@@ -315,8 +315,9 @@ BERTSCORE_HELP = ("BERTScore as ReXrank: a save_pretrained distilroberta-base fo
 RATESCORE_HELP = "RaTEScore: a folder with ner/ (RaTE-NER-Deberta) and encoder/ (BioLORD-2023-C), each save_pretrained."
 CHEXBERT_HELP = ("CheXbert F1 as f1chexbert (14- and 5-label micro/macro, uncertain = positive): a folder with "
                  "chexbert.pth and bert-base-uncased/. With --radgraph and --bertscore also gives RadCliQ-v1.")
-GREEN_HELP = ("GREEN: a local causal LM judge (e.g. GREEN-radllama2-7b). Slow: one generation of up to ~1,000 "
-              "tokens per report, about 1-2 h for 3,858 reports with a 7B judge on one GPU, days on a CPU.")
+GREEN_HELP = ("GREEN: a local causal LM judge (e.g. GREEN-radllama2-7b). Slow: the judge decodes up to ~1,400 "
+              "tokens per report; with a 7B judge, hours on a GPU for MIMIC-CXR's 3,858 test reports, impractical "
+              "on a CPU.")
 
 
 def model_metrics(radgraph, bertscore, ratescore, chexbert, green) -> "ModelMetrics":

@@ -58,6 +58,23 @@ def test_every_key_with_its_weights_and_per_study_values(scored, folders):
                                "chexbert5_accuracy")}
 
 
+def test_chexbert_per_study_stats_resample(scored):
+    """The CheXbert keys from summed per-study statistics: all studies once gives the reported numbers; a
+    resample (study 1 twice, study 0 never) gives the numbers of the materialised resample."""
+    from r2g.metrics.model_based import chexbert_finish, chexbert_study_stats
+
+    labels = scored["per_study"]["chexbert_labels"]
+    refs, preds = [labels[k]["reference"] for k in IDS], [labels[k]["prediction"] for k in IDS]
+    stats = chexbert_study_stats(refs, preds)
+    assert chexbert_finish(np.ones((1, len(IDS))) @ stats)[0] == pytest.approx(
+        [scored[k] for k in ("chexbert_micro_f1", "chexbert_macro_f1", "chexbert5_micro_f1", "chexbert5_macro_f1",
+                             "chexbert5_accuracy")])
+    draw = [1, 1, 2, 3, 4]
+    weights = np.bincount(draw, minlength=len(IDS))[None].astype(float)
+    expected = chexbert_scores([refs[i] for i in draw], [preds[i] for i in draw])
+    assert chexbert_finish(weights @ stats)[0] == pytest.approx(list(expected.values()))
+
+
 def test_radgraph_equals_the_package(scored, folders):
     from pathlib import Path
 

@@ -7,9 +7,10 @@ judge was trained with (`<|user|>` / `<|assistant|>` turns), greedy decoding to 
 padding, batches of 8, the response cleaning and the parser of the counts (`parse_counts`). The judge is
 `--green DIR`, a local causal LM folder (the published one: StanfordAIMI/GREEN-radllama2-7b).
 
-Cost: one generation of up to ~1,000 new tokens per report. With a 7B judge in bf16 on one GPU that is
-seconds per report (the authors quote ~1-2 s on an A100 at batch 8): about 1-2 h for MIMIC-CXR's 3,858 test
-reports, and days on a CPU. `green` is the mean over reports.
+Cost (not measured here: no GPU and no judge weights on r2g's machines): the judge reads a ~600-token prompt
+plus both reports and decodes greedily until it stops or the sequence reaches 2,048 tokens, i.e. up to ~1,400 new
+tokens per report. With a 7B judge that is a GPU job of hours for MIMIC-CXR's 3,858 test reports, and
+impractical on a CPU. `green` is the mean over reports.
 """
 
 from __future__ import annotations

@@ -6,10 +6,11 @@ Output, merged into metrics.json by r2g.metrics.score:
   CheXbert F1 keys, which are corpus-level (micro: summed counts over reports; macro: mean over labels);
 - `metric_weights`: {key: which weights made it} — the folder name and one sha256 over its weight files;
 - `per_study`: the per-report statistics the corpus keys are computed from, so a bootstrap over studies can
-  recompute each key without re-running a model:
-  `per_study[key] = {id: score}` for every mean-of-reports key (the key is the mean of these), and
-  `per_study["chexbert_labels"] = {id: {"reference": labels, "prediction": labels}}` for the CheXbert keys
-  (recompute them with `chexbert_scores` on the resampled label rows).
+  recompute each key without re-running a model (the intervals branch's r2g.metrics.bootstrap interface):
+  `per_study[key] = {id: score}` for every mean-of-reports key — a `StudyMean((key,), scores)`, the key being
+  the mean of these; and `per_study["chexbert_labels"] = {id: {"reference": labels, "prediction": labels}}`
+  for the CheXbert keys — a `SummedStats(CHEXBERT_KEYS, chexbert_study_stats(refs, preds), chexbert_finish)`:
+  per-study tp / fp / fn of each label, summed over a resample, then finished into micro / macro F1.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from r2g.labels import CHEXPERT_5, CHEXPERT_LABELS, POSITIVE, UNCERTAIN
-from r2g.metrics.clinical import _binary, _micro_macro
+from r2g.metrics.clinical import _binary
 
 
 CHEXBERT_HOLDS = "chexbert.pth (the CheXbert checkpoint) and bert-base-uncased/ (its config.json and vocab.txt)"
@@ -41,19 +42,44 @@ class ModelMetrics:
         return any(getattr(self, f.name) for f in fields(self))
 
 
-def chexbert_scores(ref_labels: list[dict], pred_labels: list[dict]) -> dict[str, float]:
-    """f1chexbert's report-generation scores from CheXbert labels of both sides: uncertain counts as positive
-    (its "rrg" mode), sklearn's micro / macro F1 over the 14 labels and over the 5 (CHEXPERT_5), and the
-    5-label exact-match accuracy."""
+CHEXBERT_KEYS = ("chexbert_micro_f1", "chexbert_macro_f1", "chexbert5_micro_f1", "chexbert5_macro_f1",
+                 "chexbert5_accuracy")
+_FIVE = [CHEXPERT_LABELS.index(name) for name in CHEXPERT_5]
+
+
+def chexbert_study_stats(ref_labels: list[dict], pred_labels: list[dict]) -> np.ndarray:
+    """(reports, 44) per-report statistics of the CheXbert keys, f1chexbert's "rrg" mode (uncertain counts as
+    positive): tp, fp, fn of each of the 14 labels, whether the 5 labels all agree, and 1 (the report count)."""
     upos = (POSITIVE, UNCERTAIN)
     ref, pred = _binary(ref_labels, "reference", upos), _binary(pred_labels, "prediction", upos)
-    five = [CHEXPERT_LABELS.index(name) for name in CHEXPERT_5]
-    scores = {}
-    for prefix, columns in (("chexbert", slice(None)), ("chexbert5", five)):
-        found = _micro_macro(ref[:, columns], pred[:, columns], prefix)
-        scores.update({f"{prefix}_{avg}_f1": found[f"{prefix}_{avg}_f1"] for avg in ("micro", "macro")})
-    scores["chexbert5_accuracy"] = float((ref[:, five] == pred[:, five]).all(1).mean())
-    return scores
+    exact5 = (ref[:, _FIVE] == pred[:, _FIVE]).all(1, keepdims=True)
+    return np.hstack([ref & pred, ~ref & pred, ref & ~pred, exact5, np.ones_like(exact5)]).astype(float)
+
+
+def chexbert_finish(sums: np.ndarray) -> np.ndarray:
+    """(B, 44) statistics summed over the reports of B (re)samples -> (B, 5) CHEXBERT_KEYS values: sklearn's
+    micro F1 (2tp / (2tp + fp + fn) over all labels) and macro F1 (mean of the per-label F1, 0 for 0/0), as
+    f1chexbert's classification_report, over 14 labels and over the 5, and the 5-label exact-match accuracy."""
+    sums = np.atleast_2d(sums)
+    n = len(CHEXPERT_LABELS)
+    tp, fp, fn = sums[:, :n], sums[:, n:2 * n], sums[:, 2 * n:3 * n]
+
+    def f1(tp, fp, fn):
+        den = 2 * tp + fp + fn
+        return np.divide(2 * tp, den, out=np.zeros_like(den), where=den > 0)
+
+    columns = []
+    for cols in (slice(None), _FIVE):
+        columns.append(f1(tp[:, cols].sum(1), fp[:, cols].sum(1), fn[:, cols].sum(1)))
+        columns.append(f1(tp[:, cols], fp[:, cols], fn[:, cols]).mean(1))
+    columns.append(sums[:, 3 * n] / sums[:, 3 * n + 1])
+    return np.stack(columns, axis=1)
+
+
+def chexbert_scores(ref_labels: list[dict], pred_labels: list[dict]) -> dict[str, float]:
+    """The CheXbert keys (f1chexbert's report-generation scores) from CheXbert labels of both sides."""
+    values = chexbert_finish(chexbert_study_stats(ref_labels, pred_labels).sum(0))[0]
+    return {key: float(v) for key, v in zip(CHEXBERT_KEYS, values)}
 
 
 def score_model_based(refs: dict[str, str], preds: dict[str, str], metrics: ModelMetrics,
