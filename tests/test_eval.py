@@ -29,6 +29,7 @@ from r2g.precision import resolve_precision
 from r2g.train.checkpoint import write_run_config
 
 from .damage import break_header
+from .tiny_scorers import write_tiny_chexbert
 from .test_train import ROOT, _env, train
 
 pytestmark = pytest.mark.slow
@@ -94,10 +95,11 @@ def test_reconstitute_loads_trained_weights_and_checks_the_base_llm(run_dir, ass
 
 def test_eval_command_writes_predictions_metrics_and_report(run_dir, assets, tmp_path):
     out = tmp_path / "eval"
+    chexbert = write_tiny_chexbert(tmp_path / "chexbert")
     # no --shards: the run's own, from its r2g_config.json
     r = r2g("eval", "--ckpt", str(run_dir), "--split", "test", "--out", str(out),
             "--no-meteor", "--workers", "1", "--num-beams", "2", "--max-new-tokens", "6", "--min-new-tokens", "1",
-            "--checkpoint", "latest")
+            "--checkpoint", "latest", "--chexbert", str(chexbert))
     assert r.returncode == 0, r.stdout + r.stderr
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [row["id"] for row in rows] == ["s0030", "s0031", "s0032", "s0033"]
@@ -111,6 +113,9 @@ def test_eval_command_writes_predictions_metrics_and_report(run_dir, assets, tmp
     # every scored key has its interval (1,000 resamples by default), shown in the report and on the console
     assert set(metrics["intervals"]) == {k for k, v in metrics.items() if k != "studies" and isinstance(v, float)}
     assert metrics["bootstrap"]["resamples"] == 1000 and "95% interval" in r.stdout
+    # a model-based metric from a local folder, with the weights that made it
+    assert 0 <= metrics["chexbert_micro_f1"] <= 1 and metrics["metric_weights"]["chexbert_micro_f1"]["folder"] == "chexbert"
+    assert list(metrics["per_study"]["chexbert_labels"]) == ["s0030", "s0031", "s0032", "s0033"]
     html = (out / "report.html").read_text()
     low, high = metrics["intervals"]["BLEU_4"]
     assert f"{metrics['BLEU_4']:.3f} ({low:.3f}–{high:.3f})" in html
@@ -308,6 +313,8 @@ def test_bad_inputs_fail_before_any_model_loads(run_dir, assets, tmp_path, monke
         (("eval", *ckpt, "--vision-weights", tmp_path / "no-swin.pth"), "--vision-weights"),
         (("eval", *ckpt, "--labeler", "chexbert"), "--labeler-weights"),
         (("eval", *ckpt, "--bootstrap", "-1"), "--bootstrap -1"),
+        (("eval", *ckpt, "--radgraph", tmp_path / "no-radgraph"), "--radgraph"),
+        (("eval", *ckpt, "--green", tmp_path), "--green"),
         (("eval", *ckpt, "--ds", tmp_path / "no-ds.json"), "no-ds.json: DeepSpeed config not found"),
         (("eval", *ckpt, "--ds", "ds_configs/zero2.json"), "needs ZeRO-3"),
         (("eval", "--ckpt", mixed, "--ds", "ds_configs/zero3.json"), "trained in bf16-mixed"),
