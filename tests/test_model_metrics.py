@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import types
 
@@ -210,6 +211,31 @@ def test_radgraph_folder_named_after_its_type(folders, tmp_path):
     shutil.copytree(folders["radgraph"], renamed)
     with pytest.raises(R2GError, match="--radgraph .*name the folder after its model type"):
         score_model_based({"1": "a ."}, {"1": "a ."}, ModelMetrics(radgraph=str(renamed)))
+
+
+def test_offline_switches_on_and_back(monkeypatch):
+    from huggingface_hub import constants
+
+    from r2g.metrics.local_weights import offline
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with offline():
+        assert constants.is_offline_mode() and os.environ["HF_HUB_OFFLINE"] == "1"
+    assert not constants.is_offline_mode() and "HF_HUB_OFFLINE" not in os.environ
+
+
+def test_radgraph_bert_named_by_hub_id_is_not_downloaded(folders, tmp_path):
+    import shutil
+
+    folder = tmp_path / "radgraph"
+    shutil.copytree(folders["radgraph"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["model"]["embedder"]["token_embedders"]["bert"]["model_name"] = "no-such-org/no-such-bert"
+    config["dataset_reader"]["token_indexers"]["bert"]["model_name"] = "no-such-org/no-such-bert"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(R2GError, match="--radgraph .*could not be loaded offline.*model_name"):
+        score_model_based({"1": "a ."}, {"1": "a ."}, ModelMetrics(radgraph=str(folder)))
 
 
 def test_score_cli_writes_keys_and_weights(folders, tmp_path):

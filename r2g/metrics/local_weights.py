@@ -59,12 +59,18 @@ def fingerprint(folder: Path) -> dict[str, str]:
 
 @contextlib.contextmanager
 def offline() -> Iterator[None]:
-    """Hugging Face libraries neither download nor ask the hub anything while this is open."""
+    """Hugging Face libraries neither download nor ask the hub anything while this is open. huggingface_hub reads
+    its switch once, at import, so its constant is set too (r2g imported transformers long before)."""
+    from huggingface_hub import constants
+
     saved = {key: os.environ.get(key) for key in _OFFLINE}
+    saved_constant = constants.HF_HUB_OFFLINE
     os.environ.update(_OFFLINE)
+    constants.HF_HUB_OFFLINE = True
     try:
         yield
     finally:
+        constants.HF_HUB_OFFLINE = saved_constant
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

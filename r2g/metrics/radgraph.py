@@ -59,10 +59,11 @@ class RadGraphScorer:
         F1RadGraph = _import_package()
         self.weights = fingerprint(self.folder)
         try:
-            with offline(), contextlib.redirect_stdout(io.StringIO()):  # it prints "Using device: cpu"
+            # The package picks the first GPU when there is one; it prints "Using device: ...".
+            with offline(), contextlib.redirect_stdout(io.StringIO()):
                 self._f1 = F1RadGraph(reward_level="all", model_type=self.folder.resolve().name,
-                                      model_cache_dir=str(self.folder.resolve().parent), cuda=-1)
-        except OSError as e:
+                                      model_cache_dir=str(self.folder.resolve().parent))
+        except (OSError, ValueError) as e:
             raise R2GError(f"--radgraph {self.folder}: the BERT that config.json names could not be loaded offline "
                            f"({str(e).splitlines()[0]}); write its local folder path into config.json's "
                            "model.embedder.token_embedders.bert.model_name and dataset_reader.token_indexers.bert."

@@ -112,13 +112,15 @@ class RaTEScorer:
         self.encoder_dir = require_hf_model("--ratescore", folder / "encoder", HOLDS)
         self.weights = {"ner": fingerprint(self.ner_dir), "encoder": fingerprint(self.encoder_dir)}
         self.batch_size = batch_size
+        import torch
         from transformers import AutoModel, AutoModelForTokenClassification, AutoTokenizer
 
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
         with offline():
             self.tokenizer = AutoTokenizer.from_pretrained(self.ner_dir)
-            self.ner = AutoModelForTokenClassification.from_pretrained(self.ner_dir).eval()
+            self.ner = AutoModelForTokenClassification.from_pretrained(self.ner_dir).eval().to(self.device)
             self.encoder_tokenizer = AutoTokenizer.from_pretrained(self.encoder_dir)
-            self.encoder = AutoModel.from_pretrained(self.encoder_dir).eval()
+            self.encoder = AutoModel.from_pretrained(self.encoder_dir).eval().to(self.device)
         tags = set(self.ner.config.id2label.values())
         unknown = {t[2:] for t in tags if t != "O"} - set(_TYPES)
         if unknown:
@@ -140,9 +142,9 @@ class RaTEScorer:
             batch = self.tokenizer(sentences[start:start + self.batch_size], max_length=512, padding=True,
                                    truncation=True, return_tensors="pt")
             with torch.no_grad():
-                tags = self.ner(**batch).logits.argmax(-1).tolist()
+                tags = self.ner(**batch.to(self.device)).logits.argmax(-1).tolist()
             for row, (ids, mask) in enumerate(zip(batch["input_ids"], batch["attention_mask"])):
-                tokens = self.tokenizer.convert_ids_to_tokens(ids[:int(mask.sum())].tolist())
+                tokens = self.tokenizer.convert_ids_to_tokens(ids[:int(mask.sum())].tolist())  # right padding
                 row_tags = [labels[t] for t in tags[row]]
                 found[owner[start + row]] += [(self.tokenizer.convert_tokens_to_string(tokens[a:b + 1]), kind)
                                               for a, b, kind in _spans(tokens, row_tags)]
@@ -152,9 +154,9 @@ class RaTEScorer:
         import torch
 
         batch = self.encoder_tokenizer([e for e, _ in entities], truncation=True, padding=True, max_length=30,
-                                       return_tensors="pt")
+                                       return_tensors="pt").to(self.device)
         with torch.no_grad():
-            return self.encoder(**batch).last_hidden_state[:, 0]
+            return self.encoder(**batch).last_hidden_state[:, 0].float().cpu()
 
     def score(self, refs: list[str], preds: list[str]) -> list[float]:
         scores = []
