@@ -355,7 +355,8 @@ def eval_command(
     local_rank: int = typer.Option(-1, "--local_rank", "--local-rank", hidden=True),
     **generation,
 ):
-    """Generate reports for a split and score them (BLEU, METEOR, ROUGE-L, CIDEr, CheXpert CE)."""
+    """Generate reports for a split and score them (BLEU, METEOR, ROUGE-L, CIDEr, CheXpert CE, and the
+    model-based metrics whose folders are given)."""
     from r2g.eval.run import EvalOptions, evaluate, prepare
 
     opts = EvalOptions(

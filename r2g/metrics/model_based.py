@@ -84,7 +84,7 @@ def chexbert_scores(ref_labels: list[dict], pred_labels: list[dict]) -> dict[str
 
 def score_model_based(refs: dict[str, str], preds: dict[str, str], metrics: ModelMetrics,
                       log=lambda message: None) -> dict:
-    """Corpus keys, `weights` and `per_study` (module docstring) of every metric `metrics` names. Every folder
+    """Corpus keys, `metric_weights` and `per_study` (module docstring) of every metric `metrics` names. Every folder
     is checked before any model loads."""
     from r2g.metrics import bertscore, radgraph, ratescore
 

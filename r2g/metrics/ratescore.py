@@ -8,7 +8,8 @@ Per report pair:
    end, and at line breaks, which agree on R2Gen-cleaned text "a . b ."); drop sentences with no word or
    shorter than 3 characters.
 2. Tag each sentence with the NER model (`--ratescore DIR/ner`, a token classifier; the published one is
-   Angelakeke/RaTE-NER-Deberta) and read entities off its B-/I- tags with the package's rules (`_spans`).
+   Angelakeke/RaTE-NER-Deberta), 16 sentences a batch with padding masked (the package's default batch is 1;
+   the tests compare both at 16), and read entities off its B-/I- tags with the package's rules (`_spans`).
 3. Embed each entity string with the synonym encoder (`--ratescore DIR/encoder`, published
    FremyCompany/BioLORD-2023-C): the [CLS] vector of its last hidden state, at most 30 tokens.
 4. Each reference entity takes its most cosine-similar candidate entity; the similarities are averaged,
