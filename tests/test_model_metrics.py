@@ -300,6 +300,8 @@ def test_green_runs_a_local_judge(tmp_path):
 
     judge = write_tiny_llm(tmp_path / "judge", [make_prompt(r, p) for r, p in REPORTS[:2]] * 3)
     scorer = GreenScorer(judge)
+    encoded = scorer.tokenizer(["a b", "a"], padding=True)["input_ids"]
+    assert encoded[0][-1] == encoded[1][-1] == scorer.tokenizer.eos_token_id  # EOS appended, padding on the left
     responses = scorer.responses(REFS[:2], PREDS[:2])
     assert len(responses) == 2 and all("Objective" not in r and "<|user|>" not in r for r in responses)
     scored = score_model_based({"a": REFS[0], "b": REFS[1]}, {"a": PREDS[0], "b": PREDS[1]},

@@ -159,9 +159,11 @@ class GreenScorer:
         with offline():
             self.model = AutoModelForCausalLM.from_pretrained(
                 self.folder, dtype=torch.float16 if self.device == "cuda" else torch.float32).to(self.device).eval()
-            self.tokenizer = AutoTokenizer.from_pretrained(self.folder, padding_side="left")
+            # As green_score loads it: an EOS appended to every encoded prompt, padding on the left.
+            self.tokenizer = AutoTokenizer.from_pretrained(self.folder, padding_side="left", add_eos_token=True)
         self.tokenizer.chat_template = CHAT_TEMPLATE
         self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.clean_up_tokenization_spaces = True
 
     def responses(self, refs: list[str], preds: list[str]) -> list[str]:
         import torch
