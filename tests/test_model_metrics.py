@@ -13,12 +13,11 @@ import types
 
 import numpy as np
 import pytest
-import torch
 
 from r2g.errors import R2GError
 from r2g.metrics.keys import MODEL_KEYS
 from r2g.metrics.model_based import ModelMetrics, chexbert_scores, score_model_based
-from tests.tiny_scorers import (REPORTS, write_tiny_chexbert, write_tiny_radgraph, write_tiny_ratescore,
+from .tiny_scorers import (REPORTS, write_tiny_chexbert, write_tiny_radgraph, write_tiny_ratescore,
                                 write_tiny_roberta)
 
 REFS = [r for r, _ in REPORTS]
@@ -147,6 +146,13 @@ def test_ratescore_equals_the_package(scored, folders, monkeypatch):
     package = RaTEScore(bert_model=f"{folders['ratescore']}/ner", eval_model=f"{folders['ratescore']}/encoder",
                         use_gpu=False, batch_size=16)
     expected = package.compute_score(PREDS, REFS)
+    from RaTEScore.scorer import DEFAULT_MATRIX_LONG
+
+    from r2g.metrics.ratescore import AFFINITY, NEGATION_WEIGHT
+
+    assert {f"{a.lower()}_{b.lower()}": v for (a, b), v in AFFINITY.items()} == {
+        k: v for k, v in DEFAULT_MATRIX_LONG.items() if k != "neg_weight"}
+    assert NEGATION_WEIGHT == DEFAULT_MATRIX_LONG["neg_weight"]
     assert list(scored["per_study"]["ratescore"].values()) == pytest.approx(expected, abs=1e-6)
     assert any(v != 0.5 for v in expected)  # some pairs have entities on both sides
 
@@ -197,7 +203,7 @@ def test_missing_or_incomplete_folder_is_one_error_naming_the_flag(tmp_path, fla
 
 def test_bertscore_refuses_another_model(tmp_path):
     folder = tmp_path / "bert"
-    from tests.tiny_scorers import write_tiny_bert
+    from .tiny_scorers import write_tiny_bert
 
     write_tiny_bert(folder)
     with pytest.raises(R2GError, match="--bertscore .*bert model with 2 layers, not distilroberta-base"):
