@@ -48,7 +48,8 @@ def test_every_key_with_its_weights_and_per_study_values(scored, folders):
     assert scored["metric_weights"]["radgraph_simple"]["folder"] == "radgraph"
     assert scored["metric_weights"]["ratescore"]["ner"]["folder"] == "ner"
     # Each mean-of-reports key is the mean of its per-study values.
-    for key in ("radgraph_simple", "radgraph_partial", "radgraph_complete", "bertscore_f1", "ratescore", "radcliq_v1"):
+    for key in ("radgraph_simple", "radgraph_partial", "radgraph_complete", "radgraph_combined", "bertscore_f1",
+                "sembscore", "ratescore", "radcliq_v1"):
         per_study = scored["per_study"][key]
         assert list(per_study) == IDS
         assert scored[key] == pytest.approx(np.mean(list(per_study.values())))
@@ -171,7 +172,13 @@ def test_radcliq_is_the_published_combination(scored):
 
     assert radcliq_v1([MEAN[0]], [MEAN[1]], [MEAN[2]], [MEAN[3]]) == pytest.approx([INTERCEPT])
     assert radcliq_v1([MEAN[0]], [MEAN[1] + SCALE[1]], [MEAN[2]], [MEAN[3]]) == pytest.approx([COEFFICIENTS[1]])
-    assert COEFFICIENTS[0] < 0 and scored["per_study"]["radcliq_v1"]["0"] < scored["per_study"]["radcliq_v1"]["4"]
+    # Each report's RadCliQ-v1 from its own four inputs as scored (identical reports: BLEU-2 1, SembScore 1).
+    per_study = scored["per_study"]
+    inputs = [[per_study[key][k] for k in IDS] for key in ("radgraph_combined", "bertscore_f1", "sembscore")]
+    bleu = [bleu2(r, p) for r, p in zip(REFS, PREDS)]
+    assert list(per_study["radcliq_v1"].values()) == pytest.approx(radcliq_v1(*inputs, bleu))
+    assert per_study["sembscore"]["0"] == pytest.approx(1.0) and bleu[0] == pytest.approx(1.0)
+    assert per_study["radcliq_v1"]["0"] < per_study["radcliq_v1"]["4"]  # the identical pair scores best (lowest)
 
 
 def test_entity_relation_f1_by_hand():

@@ -36,15 +36,17 @@ MODEL_METRICS = (
     ("radgraph_simple", "RadGraph F1, entities (RG_E)"),
     ("radgraph_partial", "RadGraph F1, entities + has-relation (RG_ER)"),
     ("radgraph_complete", "RadGraph F1, entities + relations (RG_ER-bar)"),
+    ("radgraph_combined", "RadGraph, mean of entity F1 and relation F1 (ReXrank, RadCliQ)"),
     ("bertscore_f1", "BERTScore F1, distilroberta-base layer 5, rescaled (ReXrank)"),
     ("chexbert_micro_f1", "CheXbert micro F1, 14 labels, uncertain = positive (f1chexbert)"),
     ("chexbert_macro_f1", "CheXbert macro F1, 14 labels, uncertain = positive (f1chexbert)"),
     ("chexbert5_micro_f1", "CheXbert micro F1, 5 labels, uncertain = positive (f1chexbert)"),
     ("chexbert5_macro_f1", "CheXbert macro F1, 5 labels, uncertain = positive (f1chexbert)"),
     ("chexbert5_accuracy", "CheXbert 5-label exact-match accuracy (f1chexbert)"),
+    ("sembscore", "SembScore: cosine of CheXbert embeddings (ReXrank, RadCliQ)"),
     ("ratescore", "RaTEScore"),
     ("green", "GREEN (LLM judge)"),
-    ("radcliq_v1", "RadCliQ-v1 (lower is better)"),
+    ("radcliq_v1", "RadCliQ-v1, mean over reports (lower is better; ReXrank ranks by its inverse)"),
 )
 MODEL_KEYS = tuple(key for key, _ in MODEL_METRICS)
 

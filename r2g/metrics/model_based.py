@@ -105,6 +105,8 @@ def score_model_based(refs: dict[str, str], preds: dict[str, str], metrics: Mode
         radgraph_out = scorer.score(ref_texts, pred_texts)
         for variant in radgraph.VARIANTS:
             put(f"radgraph_{variant}", radgraph_out["per_report"][variant], scorer.weights)
+        combined = [radgraph.entity_relation_f1(*pair) if pair else 0.0 for pair in radgraph_out["annotations"]]
+        put("radgraph_combined", combined, scorer.weights)
     if metrics.bertscore:
         log("BERTScore")
         scorer = bertscore.BERTScoreScorer(metrics.bertscore)
@@ -128,6 +130,7 @@ def score_model_based(refs: dict[str, str], preds: dict[str, str], metrics: Mode
         from r2g.metrics.radcliq import cosine
 
         semb = cosine(ref_vectors.numpy(), pred_vectors.numpy())
+        put("sembscore", [float(v) for v in semb], weights)
     if metrics.ratescore:
         log("RaTEScore")
         scorer = ratescore.RaTEScorer(metrics.ratescore)
@@ -141,10 +144,9 @@ def score_model_based(refs: dict[str, str], preds: dict[str, str], metrics: Mode
     if radgraph_out is not None and bert is not None and semb is not None:
         from r2g.metrics.radcliq import bleu2, radcliq_v1
 
-        combined = [radgraph.entity_relation_f1(*pair) if pair else 0.0 for pair in radgraph_out["annotations"]]
         bleu = [bleu2(r, p) for r, p in zip(ref_texts, pred_texts)]
         weights = {name: results["metric_weights"][key] for name, key in
-                   (("radgraph", "radgraph_simple"), ("bertscore", "bertscore_f1"), ("chexbert", "chexbert_micro_f1"))}
+                   (("radgraph", "radgraph_simple"), ("bertscore", "bertscore_f1"), ("chexbert", "sembscore"))}
         put("radcliq_v1", radcliq_v1(combined, bert, semb, bleu), weights)
     return results
 

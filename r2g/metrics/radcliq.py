@@ -11,7 +11,8 @@ The standardisation (mean, scale) and coefficients (last: intercept) are those o
 `CXRMetric/radcliq-v1.pkl` (a StandardScaler and a linear model), as transcribed in RadEval (jbdel/RadEval,
 radcliq). BLEU-2's coefficient is ~4e-12: it does not move the score, so r2g's plain sentence BLEU-2 (no
 smoothing) in place of the `fast_bleu` package's cannot either.
-The published model was fit with the original RadGraph (model type `radgraph`); pass that one for numbers
+The ReXrank leaderboard (rajpurkarlab/ReXrank-metric) computes these four through CXR-Report-Metric and ranks
+by 1/RadCliQ-v1. The published model was fit with the original RadGraph (model type `radgraph`); pass that one for numbers
 comparable to the literature.
 """
 
