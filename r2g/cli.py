@@ -307,7 +307,8 @@ MISMATCH_HELP = "Go ahead when --llm's config differs from the trained one."
 BOOTSTRAP_HELP = ("Resamples of the studies for each metric's 95% interval (every metric recomputed on each, "
                   "seeded: the same input gives the same interval); 0 = no intervals.")
 # Model-based metrics (r2g.metrics.model_based), each from a local folder; `pip install 'r2g[metrics]'`.
-METRIC_PANEL = "model-based metrics (local folders, nothing downloaded)"
+# "\[" keeps rich from reading [metrics] as markup.
+METRIC_PANEL = "model-based metrics (pip install 'r2g\\[metrics]'; local folders, nothing downloaded)"
 RADGRAPH_HELP = ("RadGraph F1 (simple, partial, complete): the unpacked radgraph model (config.json, vocabulary/, "
                  "weights.th) in a folder named after its type (radgraph, radgraph-xl, ...).")
 BERTSCORE_HELP = ("BERTScore as ReXrank: a save_pretrained distilroberta-base folder (layer 5, idf off, F1 rescaled "
