@@ -267,6 +267,8 @@ def test_score_cli_writes_keys_and_weights(folders, tmp_path):
     assert "bertscore_f1" in result.output and "BLEU_4" in metrics and "ce_micro_f1" in metrics
     assert metrics["metric_weights"]["bertscore_f1"]["folder"] == "distilroberta-base"
     assert list(metrics["per_study"]["bertscore_f1"]) == [str(i) for i in range(len(REPORTS))]
+    low, high = metrics["intervals"]["bertscore_f1"]  # the model-based keys get their interval too
+    assert low <= high and metrics["bootstrap"]["resamples"] == 1000
 
 
 RESPONSE = """
@@ -321,3 +323,18 @@ def test_green_runs_a_local_judge(tmp_path):
                                ModelMetrics(green=str(judge)))
     assert scored["per_study"]["green"] == {"a": green_score(responses[0]), "b": green_score(responses[1])}
     assert scored["metric_weights"]["green"]["folder"] == "judge"
+
+
+def test_every_model_key_has_bootstrap_statistics_that_give_its_value(scored):
+    """The bootstrap contract: every key's statistics, all studies drawn once, give the reported number."""
+    from r2g.metrics.bootstrap import intervals
+    from r2g.metrics.model_based import model_study_stats
+
+    stats = model_study_stats(scored, IDS)
+    covered = {key for s in stats for key in s.keys}
+    assert covered == set(MODEL_KEYS) - {"green"}
+    for s in stats:
+        assert s.values(np.ones((1, len(IDS))))[0] == pytest.approx([scored[k] for k in s.keys]), s.keys
+    found = intervals(stats, len(IDS), samples=200, seed=0)
+    assert set(found) == covered and all(low <= high for low, high in found.values())
+    assert found == intervals(stats, len(IDS), samples=200, seed=0)  # seeded

@@ -6,7 +6,7 @@ Output, merged into metrics.json by r2g.metrics.score:
   CheXbert F1 keys, which are corpus-level (micro: summed counts over reports; macro: mean over labels);
 - `metric_weights`: {key: which weights made it} — the folder name and one sha256 over its weight files;
 - `per_study`: the per-report statistics the corpus keys are computed from, so a bootstrap over studies can
-  recompute each key without re-running a model (the intervals branch's r2g.metrics.bootstrap interface):
+  recompute each key without re-running a model (r2g.metrics.bootstrap; `model_study_stats` builds them):
   `per_study[key] = {id: score}` for every mean-of-reports key — a `StudyMean((key,), scores)`, the key being
   the mean of these; and `per_study["chexbert_labels"] = {id: {"reference": labels, "prediction": labels}}`
   for the CheXbert keys — a `SummedStats(CHEXBERT_KEYS, chexbert_study_stats(refs, preds), chexbert_finish)`:
@@ -171,3 +171,23 @@ def check_folders(metrics: ModelMetrics) -> None:
         require_hf_model("--ratescore", folder / "encoder", RATE_HOLDS)
     if metrics.green:
         require_hf_model("--green", metrics.green, GREEN_HOLDS)
+
+
+MEAN_KEYS = ("radgraph_simple", "radgraph_partial", "radgraph_complete", "radgraph_combined", "bertscore_f1",
+             "sembscore", "ratescore", "green", "radcliq_v1")
+
+
+def model_study_stats(found: dict, ids: list[str]) -> list:
+    """The bootstrap statistics (r2g.metrics.bootstrap) of the keys `score_model_based` returned: a StudyMean
+    per mean-of-reports key and one SummedStats for the CheXbert keys, rows in `ids` order."""
+    from r2g.metrics.bootstrap import StudyMean, SummedStats
+
+    per_study = found["per_study"]
+    stats: list = [StudyMean((key,), np.array([[per_study[key][k]] for k in ids], dtype=float))
+                   for key in MEAN_KEYS if key in per_study]
+    if "chexbert_labels" in per_study:
+        labels = per_study["chexbert_labels"]
+        counts = chexbert_study_stats([labels[k]["reference"] for k in ids], [labels[k]["prediction"] for k in ids])
+        stats.append(SummedStats(CHEXBERT_KEYS, counts, chexbert_finish,
+                                 "micro / macro F1 from per-study tp, fp, fn summed over the resampled studies"))
+    return stats

@@ -16,7 +16,7 @@ from r2g.errors import R2GError
 from r2g.metrics.bootstrap import CONFIDENCE, StudyStats, check_resamples, intervals
 from r2g.metrics.chexpert import load_labeler
 from r2g.metrics.clinical import ce_study_stats, compute_ce
-from r2g.metrics.model_based import ModelMetrics, check_folders, score_model_based
+from r2g.metrics.model_based import ModelMetrics, check_folders, model_study_stats, score_model_based
 from r2g.metrics.nlg import check_pairs, compute_nlg_with_stats
 
 
@@ -134,6 +134,7 @@ def score_studies(refs: dict[str, str], preds: dict[str, str], meteor: bool = Tr
     if models.any():
         found = score_model_based(refs, preds, models, log=log)
         metrics.update(found)
+        stats += model_study_stats(found, ids)
     return Scored(metrics, stats, ids, ref_labels, pred_labels)
 
 
