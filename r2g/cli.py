@@ -385,7 +385,7 @@ app.command("eval")(with_config_flags(eval_command, ("generate",), default_from=
 
 
 def generate(
-    inputs: list[str] = typer.Argument(..., help="Images, folders of images, or frontal.png,lateral.png pairs."),
+    inputs: list[str] = typer.Argument(..., help="Images (PNG, JPEG, DICOM), folders of images, or frontal.png,lateral.png pairs."),
     ckpt: Path = typer.Option(..., help=CKPT_HELP),
     llm: Optional[str] = typer.Option(None, help=LLM_HELP),
     vision_weights: Optional[str] = typer.Option(None, help=VISION_WEIGHTS_HELP),
@@ -411,7 +411,8 @@ def generate(
         return
     if out is None:
         for r in results:
-            console.print(f"[bold]{' + '.join(r['images'])}[/]\n{r['report']}\n", highlight=False)
+            read = [s["file"] + (f" (DICOM frame {s['frame']})" if "frame" in s else "") for s in r["sources"]]
+            console.print(f"[bold]{' + '.join(read)}[/]\n{r['report']}\n", highlight=False)
     elif out.suffix == ".jsonl":
         out.write_text("".join(json.dumps(r) + "\n" for r in results))
     else:

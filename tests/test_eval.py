@@ -197,6 +197,41 @@ def test_load_run_gives_a_decoder_the_model_its_settings_and_tokenizer(run_dir):
     assert loaded.device == torch.device("cpu") and loaded.precision.name == "fp32"
 
 
+def test_a_dicom_reads_as_the_png_mimic_cxr_jpg_would_have_made_of_it(run_dir, tmp_path):
+    """A synthetic X-ray written by pydicom as a detector stores it (12-bit, rescaled, MONOCHROME1; uncompressed
+    and JPEG 2000) gives the report of the 8-bit PNG MIMIC-CXR-JPG's conversion makes of it. Not always the report
+    of the PNG it came from: that conversion equalises the histogram (tests/test_dicom.py shows the pixels)."""
+    pytest.importorskip("pydicom")
+    from PIL import Image
+    from pydicom.uid import JPEG2000Lossless
+
+    from r2g.data.dicom import equalize_hist
+
+    from .dicoms import radiograph_from_png, save, synthetic_xray
+
+    png = synthetic_xray()
+    Image.fromarray(equalize_hist(png)).save(tmp_path / "as-mimic-cxr-jpg.png")  # lossless, where they saved JPEG
+    save(radiograph_from_png(png), tmp_path / "study.dcm")
+    compressed = radiograph_from_png(png)
+    compressed.compress(JPEG2000Lossless)
+    save(compressed, tmp_path / "j2k.dcm")
+    out = tmp_path / "reports.jsonl"
+    r = r2g_here("generate", "--ckpt", run_dir, tmp_path / "as-mimic-cxr-jpg.png", tmp_path / "study.dcm",
+                 tmp_path / "j2k.dcm", "--out", out, "--num-beams", "2", "--max-new-tokens", "8")
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[0]["report"] and rows[1]["report"] == rows[0]["report"] == rows[2]["report"]
+    assert rows[0]["sources"] == [{"file": str(tmp_path / "as-mimic-cxr-jpg.png"), "format": "png"}]
+    assert rows[1]["sources"] == [{"file": str(tmp_path / "study.dcm"), "format": "dicom", "frame": 0,
+                                   "photometric": "MONOCHROME1", "transfer_syntax": "Explicit VR Little Endian"}]
+    assert rows[2]["sources"][0]["transfer_syntax"] == "JPEG 2000 Image Compression (Lossless Only)"
+
+    ct = radiograph_from_png(png)
+    ct.Modality = "CT"
+    r = r2g_here("generate", "--ckpt", run_dir, save(ct, tmp_path / "ct.dcm"))
+    assert isinstance(r.exception, R2GError) and "ct.dcm: a CT image, not a radiograph" in str(r.exception)
+
+
 def test_inference_placement_is_cuda_in_bf16_when_there_is_a_gpu(monkeypatch):
     def placed(*args) -> tuple:
         device, precision = inference_placement(*args)

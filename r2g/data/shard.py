@@ -1,8 +1,9 @@
 """annotation.json + image folder → WebDataset tars `{split}-{000000}.tar` + `manifest.json`.
 
 Each sample: key = study id; its images in study order as `0.png`, `1.png`, … (or `.jpg`, bytes as
-stored unless `max_side` shrinks them); a `json` with id, split, cleaned report, raw report, image names,
-source paths and CheXpert `labels` when the annotation has them.
+stored unless `max_side` shrinks them; a DICOM is converted to 8 bits as r2g.data.dicom describes and stored
+as PNG); a `json` with id, split, cleaned report, raw report, image names, source paths, `dicom_frames`
+({image name: frame read} when a view came from DICOM) and CheXpert `labels` when the annotation has them.
 
 Resumable: every finished shard leaves a small record in `.parts/` with its checksum and the fingerprint of
 the inputs and options; a re-run skips shards whose record matches and whose bytes still verify.
@@ -31,6 +32,8 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from r2g.config import DATASETS
 from r2g.data.annotation import BadSample, Study, load_annotation, sha256_file
+from r2g.data.dicom import DICOM_SUFFIXES
+from r2g.data.images import decode_xray
 from r2g.data.reports import clean_report
 from r2g.errors import R2GError
 
@@ -78,6 +81,22 @@ def plan_shards(studies: dict[str, list[Study]], shard_size: int) -> list[ShardT
     return tasks
 
 
+def encode_dicom(path: Path, data: bytes, max_side: int | None) -> tuple[str, bytes, int]:
+    """('png', bytes, frame) of a DICOM radiograph: converted to 8 bits as r2g.data.dicom describes (the
+    MIMIC-CXR-JPG conversion), stored losslessly. Raises ValueError with a short reason."""
+    try:
+        xray = decode_xray(data, str(path))
+    except R2GError as e:
+        raise ValueError(f"undecodable DICOM: {e}") from None
+    img = xray.image
+    if max_side is not None and max(img.size) > max_side:
+        scale = max_side / max(img.size)
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "png", buf.getvalue(), xray.source["frame"]
+
+
 def encode_image(path: Path, max_side: int | None) -> tuple[str, bytes]:
     """(extension, bytes) of one image: stored bytes, or re-encoded when `max_side` shrinks it.
 
@@ -85,7 +104,7 @@ def encode_image(path: Path, max_side: int | None) -> tuple[str, bytes]:
     """
     fmt = _FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise ValueError(f"unsupported image format '{path.suffix}' (use .png or .jpg): {path}")
+        raise ValueError(f"unsupported image format '{path.suffix}' (use .png, .jpg or .dcm): {path}")
     ext, pil_format = fmt
     try:
         data = path.read_bytes()
@@ -108,9 +127,16 @@ def encode_image(path: Path, max_side: int | None) -> tuple[str, bytes]:
 
 def build_sample(study: Study, images_root: Path, opts: ShardOptions) -> dict:
     sample: dict = {"__key__": study.id}
-    names = []
+    names, frames = [], {}
     for k, rel in enumerate(study.image_path):
-        ext, data = encode_image(images_root / rel, opts.max_side)
+        path = images_root / rel
+        if path.suffix.lower() in DICOM_SUFFIXES:
+            try:
+                ext, data, frames[f"{k}.png"] = encode_dicom(path, path.read_bytes(), opts.max_side)
+            except FileNotFoundError:
+                raise ValueError(f"missing image: {path}") from None
+        else:
+            ext, data = encode_image(path, opts.max_side)
         sample[f"{k}.{ext}"] = data
         names.append(f"{k}.{ext}")
     meta = {
@@ -121,6 +147,8 @@ def build_sample(study: Study, images_root: Path, opts: ShardOptions) -> dict:
         "images": names,
         "source_images": list(study.image_path),
     }
+    if frames:  # which frame of which DICOM each converted image is (source_images names the file)
+        meta["dicom_frames"] = frames
     if study.labels is not None:
         meta["labels"] = study.labels
     sample["json"] = json.dumps(meta, sort_keys=True).encode()
