@@ -425,6 +425,39 @@ app.command()(with_config_flags(generate, ("generate",), default_from="the run's
 
 
 @app.command()
+def serve(
+    ckpt: Path = typer.Option(..., help=CKPT_HELP),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; the default is reachable from this machine only."),
+    port: int = typer.Option(7860, help="Port (0: one the OS picks, printed)."),
+    llm: Optional[str] = typer.Option(None, help=LLM_HELP),
+    vision_weights: Optional[str] = typer.Option(None, help=VISION_WEIGHTS_HELP),
+    checkpoint: Optional[str] = typer.Option(None, help=CHECKPOINT_HELP),
+    allow_llm_mismatch: bool = typer.Option(False, help=MISMATCH_HELP),
+):
+    """A page to try a run: upload views (PNG, JPEG, DICOM) or pick a test study; report, CheXpert labels, scores."""
+    from r2g.serve.run import ServedRun, load
+    from r2g.serve.server import Server
+
+    folder, model, precision = load(ckpt, llm, vision_weights, checkpoint, allow_llm_mismatch)
+    served = ServedRun(folder, model, precision)
+    try:
+        server = Server((host, port), served, log=lambda m: console.print(m, highlight=False))
+    except OSError as e:
+        raise R2GError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e})") from None
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"[yellow]listening on {host}[/]: anyone who reaches it can run the model (no login)")
+    console.print(f"serving {ckpt} on http://{host}:{server.server_address[1]}/ "
+                  f"({served.device}, {precision.name}; {len(served.studies)} test studies) — Ctrl+C stops",
+                  highlight=False, soft_wrap=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@app.command()
 def score(
     pred: Path = typer.Option(..., help="Predictions: JSONL {id, prediction, reference}, or R2Gen {id: [text]} JSON."),
     ref: Optional[Path] = typer.Option(None, help="R2Gen {id: [text]} references (with an R2Gen predictions file)."),

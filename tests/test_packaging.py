@@ -53,8 +53,9 @@ def test_an_installed_wheel_finds_the_shipped_ds_configs(installed, tmp_path):
 
 
 def test_an_installed_wheel_carries_every_data_file_of_the_package(installed):
-    """Recipes, phrase lists, the demo's sentence templates, LLM configs: whatever the package reads at run time."""
-    data_suffixes = {".json", ".txt"}
+    """Recipes, phrase lists, the demo's sentence templates, LLM configs, the serve page: whatever the package reads
+    at run time."""
+    data_suffixes = {".json", ".txt", ".html"}
     in_checkout = {p.relative_to(ROOT) for p in (ROOT / "r2g").rglob("*") if p.suffix in data_suffixes}
     in_wheel = {p.relative_to(installed) for p in (installed / "r2g").rglob("*") if p.suffix in data_suffixes}
     assert Path("r2g/recipes.json") in in_checkout and Path("r2g/demo/sentences.json") in in_checkout
