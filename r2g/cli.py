@@ -438,8 +438,7 @@ def serve(
     from r2g.serve.run import ServedRun, load
     from r2g.serve.server import Server
 
-    folder, model, precision = load(ckpt, llm, vision_weights, checkpoint, allow_llm_mismatch)
-    served = ServedRun(folder, model, precision)
+    served = ServedRun(load(ckpt, llm, vision_weights, checkpoint, allow_llm_mismatch))
     try:
         server = Server((host, port), served, log=lambda m: console.print(m, highlight=False))
     except OSError as e:
@@ -447,7 +446,7 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]listening on {host}[/]: anyone who reaches it can run the model (no login)")
     console.print(f"serving {ckpt} on http://{host}:{server.server_address[1]}/ "
-                  f"({served.device}, {precision.name}; {len(served.studies)} test studies) — Ctrl+C stops",
+                  f"({served.device}, {served.precision.name}; {len(served.studies)} test studies) — Ctrl+C stops",
                   highlight=False, soft_wrap=True)
     try:
         server.serve_forever()

@@ -7,6 +7,7 @@ Nothing here writes a file: uploads arrive as bytes and are decoded in memory.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import tarfile
@@ -16,11 +17,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from r2g.config import GenerateConfig, replace
+from r2g.config import GenerateConfig
 from r2g.data.images import XRay, decode_xray
 from r2g.data.loader import split_shards
 from r2g.errors import R2GError
 from r2g.eval.generate import reports_for_images
+from r2g.eval.reconstitute import LoadedRun
 from r2g.labels import CHEXPERT_LABELS
 from r2g.metrics.chexpert import label_reports
 
@@ -31,15 +33,12 @@ LIMITS = {"num_beams": (1, 8), "max_new_tokens": (1, 512), "repetition_penalty":
 
 
 def load(ckpt: str | Path, llm: str | None = None, vision_weights: str | None = None, checkpoint: str | None = None,
-         allow_llm_mismatch: bool = False):
-    """(RunFolder, model, precision): the run loaded as `r2g generate` loads it (the one place to change if that
-    loader changes): checked by open_run, built by load_for_inference on the GPU when there is one, in the run's
-    precision."""
-    from r2g.eval.reconstitute import load_for_inference, open_run
+         allow_llm_mismatch: bool = False) -> LoadedRun:
+    """The run loaded as `r2g generate` loads it: checked by open_run, then load_run (the one inference loader) on
+    the GPU when there is one, in the run's precision."""
+    from r2g.eval.reconstitute import load_run, open_run
 
-    folder = open_run(ckpt, llm, vision_weights, checkpoint=checkpoint, allow_llm_mismatch=allow_llm_mismatch)
-    model, precision = load_for_inference(folder)
-    return folder, model, precision
+    return load_run(open_run(ckpt, llm, vision_weights, checkpoint=checkpoint, allow_llm_mismatch=allow_llm_mismatch))
 
 
 @dataclass
@@ -84,10 +83,9 @@ def report_scores(reference: str, prediction: str) -> dict[str, float]:
 class ServedRun:
     """A loaded run and its test split. Not thread-safe: the server calls it from one worker thread."""
 
-    def __init__(self, folder, model, precision, split: str = "test"):
-        self.folder, self.model, self.precision, self.split = folder, model, precision, split
-        self.cfg = folder.cfg
-        self.device = next(model.parameters()).device
+    def __init__(self, run: LoadedRun, split: str = "test"):
+        self.run, self.split = run, split
+        self.folder, self.cfg, self.device, self.precision = run.folder, run.cfg, run.device, run.precision
         self.studies, self.studies_error = self._index_split()
 
     # ------------------------------------------------------------------------------------------- facts
@@ -99,7 +97,7 @@ class ServedRun:
         if (run / "metrics.jsonl").is_file():
             rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
             steps = max((r["step"] for r in rows if "step" in r), default=None)
-        gen = self.cfg.generate
+        gen = self.run.generate
         return {
             "run": str(run), "name": run.name, "llm": self.cfg.model.llm, "llm_name": Path(self.cfg.model.llm).name,
             "mode": self.cfg.model.mode, "dataset": self.cfg.data.dataset, "steps": steps,
@@ -128,16 +126,15 @@ class ServedRun:
             if not low <= value <= high:
                 raise R2GError(f"{key}: {value} is outside {low}..{high}")
             given[key] = value
-        gen = replace(self.cfg.generate, **given)
+        gen = dataclasses.replace(self.run.generate, **given)
         # The run's floor on report length cannot exceed the ceiling asked for.
-        return replace(gen, min_new_tokens=min(gen.min_new_tokens, gen.max_new_tokens), batch_size=1)
+        return dataclasses.replace(gen, min_new_tokens=min(gen.min_new_tokens, gen.max_new_tokens), batch_size=1)
 
     # ------------------------------------------------------------------------------------------- answers
     def _answer(self, views: list[XRay], asked: dict | None) -> Answer:
         gen = self.settings(asked)
         started = time.time()
-        (report,) = reports_for_images(self.model, self.precision, self.cfg, [[v.image for v in views]],
-                                       asdict(gen))
+        (report,) = reports_for_images(self.run, [[v.image for v in views]], gen)
         finished = time.time()
         (labels,) = label_reports([report])
         return Answer(report, labels, [v.source for v in views], [thumbnail(v.image) for v in views],
