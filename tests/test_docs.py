@@ -64,6 +64,7 @@ def check_line(line: str, root, all_flags: set[str], make_targets: set[str]) -> 
         after = tokens[tokens.index("cli/train.py") + 1:]
         problems += [f"{f} (cli/train.py)" for f in flags(after) if f not in options(train)]
         return problems
+    tokens = ["r2g" if t.endswith("/r2g") else t for t in tokens]  # .venv/bin/r2g
     if "r2g.cli" in tokens:
         tokens = ["r2g", *tokens[tokens.index("r2g.cli") + 1:]]
     while tokens and re.fullmatch(r"[A-Z_]+=\S*", tokens[0]):  # WORLD_SIZE=4 r2g train …
@@ -93,7 +94,7 @@ def walk(command):
 
 def test_every_command_and_flag_the_docs_show_exists():
     root = root_command()
-    all_flags = {o for c in walk(root) for o in options(c)}
+    all_flags = {o for c in walk(root) for o in options(c)} | {"--help"}
     make_targets = set(re.findall(r"^([a-z][\w-]*):", (ROOT / "Makefile").read_text(), re.M))
     problems, checked = [], 0
     for doc in DOCS:
@@ -114,6 +115,6 @@ def test_every_command_and_flag_the_docs_show_exists():
 ])
 def test_the_check_catches_what_does_not_exist(line, problem):
     root = root_command()
-    all_flags = {o for c in walk(root) for o in options(c)}
+    all_flags = {o for c in walk(root) for o in options(c)} | {"--help"}
     assert check_line(line, root, all_flags, {"install", "test", "demo"}) == [problem]
     assert check_line("r2g eval --ckpt x --num-beams 3 --no-meteor", root, all_flags, set()) == []
