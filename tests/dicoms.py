@@ -53,8 +53,8 @@ def save(ds, path: Path) -> Path:
 
 
 def synthetic_xray(index: int = 3, size: int = 64) -> np.ndarray:
-    """One of `r2g synth`'s frontal chest X-rays (mimic style, seed 0), as 8-bit pixels."""
+    """One of `r2g synth`'s frontal chest X-rays (mimic_cxr style, seed 0), as 8-bit pixels."""
     from r2g.demo.render import render_frontal
     from r2g.demo.sample import sample_study
 
-    return np.asarray(render_frontal(sample_study(0, index, "mimic"), size), dtype=np.uint8)
+    return np.asarray(render_frontal(sample_study(0, index, "mimic_cxr"), size), dtype=np.uint8)
