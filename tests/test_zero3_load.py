@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from r2g.demo.toys import write_tiny_llm
 from r2g.dist import free_port
 from r2g.errors import R2GError
-from r2g.model.zero3_load import stored_tensors
+from r2g.model.zero3_load import StoredTensor, read_elements, stored_tensors
 
 
 CORPUS = ["The heart is normal in size. No pleural effusion.", "Mild cardiomegaly. Lungs are clear."] * 20
@@ -103,3 +103,33 @@ def test_each_rank_loads_only_its_share_and_the_logits_match_a_plain_load(llm_fo
 def test_a_folder_without_safetensors_weights_is_a_clear_error(tmp_path: Path):
     with pytest.raises(R2GError, match="no model.safetensors or model.safetensors.index.json"):
         stored_tensors(tmp_path)
+
+
+def _stored(tmp_path: Path, values: torch.Tensor) -> StoredTensor:
+    from safetensors.torch import save_file
+
+    save_file({"w": values}, str(tmp_path / "model.safetensors"))
+    return stored_tensors(tmp_path)["w"]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])  # bf16: stored dtype = the run's, no conversion
+def test_read_elements_reaches_a_partition_only_through_copy(tmp_path: Path, dtype: torch.dtype):
+    """A partition on a GPU cannot be read into from the file nor viewed as host memory: a meta tensor, which
+    has no storage at all, stands in for it; reading into it must go through a host buffer and `copy_`."""
+    stored = _stored(tmp_path, torch.arange(10, dtype=torch.bfloat16))
+    on_device = torch.empty(4, dtype=dtype, device="meta")
+    with pytest.raises(Exception):
+        on_device.view(torch.uint8).numpy()  # the host path the old code took when the dtypes matched
+    read_elements(stored, 3, on_device)  # raises if read_elements touches the partition's memory itself
+
+    host = torch.zeros(4, dtype=dtype)  # the same read into host memory gives elements 3..6
+    read_elements(stored, 3, host)
+    assert host.tolist() == [3.0, 4.0, 5.0, 6.0]
+
+
+def test_a_truncated_file_is_named(tmp_path: Path):
+    stored = _stored(tmp_path, torch.arange(10, dtype=torch.float32))
+    with open(stored.file, "r+b") as f:
+        f.truncate(stored.offset + 5 * 4)
+    with pytest.raises(R2GError, match="truncated"):
+        read_elements(stored, 3, torch.zeros(4))

@@ -4,7 +4,8 @@ transformers' own ZeRO-3 path (`from_pretrained` under an `HfDeepSpeedConfig`) r
 on rank 0 and gathers every layer in full to copy it in, so rank 0 peaks near two full copies of the
 weights (measured in shared/notes/zero3-loading.md): 28 GB for Llama-2-7B in bf16. Here every rank builds
 the model under `deepspeed.zero.Init` from config.json alone (no weights, no random init), then reads from
-the safetensors files only the bytes of its own partition of each parameter, straight into `param.ds_tensor`.
+the safetensors files only the bytes of its own partition of each parameter, through a host buffer of that
+slice into `param.ds_tensor` (on the rank's GPU, or in host memory with offload_param).
 Plain positioned reads rather than mmap: pages of an mmap-ed file count in the process's resident memory.
 """
 
@@ -73,8 +74,10 @@ def stored_tensors(folder: str | Path) -> dict[str, StoredTensor]:
 
 def read_elements(stored: StoredTensor, start: int, out: torch.Tensor) -> None:
     """Copy elements [start, start + out.numel()) of the flattened stored tensor into the 1-D `out`, reading
-    only those bytes (and converting the dtype through a buffer of that size when it differs)."""
-    buf = out if out.dtype == stored.dtype else torch.empty(out.numel(), dtype=stored.dtype)
+    only those bytes. They are read into a host buffer of that size, then copied into `out` wherever it lives
+    (a rank's partition sits on its GPU unless the --ds config offloads parameters) and in its dtype: `out` is
+    only ever written by `copy_`, never reached through host memory."""
+    buf = torch.empty(out.numel(), dtype=stored.dtype)
     raw = buf.view(torch.uint8).numpy()
     begin = stored.offset + start * buf.element_size()
     fd = os.open(stored.file, os.O_RDONLY)
@@ -89,14 +92,13 @@ def read_elements(stored: StoredTensor, start: int, out: torch.Tensor) -> None:
         os.posix_fadvise(fd, begin, raw.nbytes, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
-    if buf is not out:
-        out.copy_(buf)
+    out.copy_(buf)
 
 
 def _check_supported(ds_config: dict) -> None:
     zero = ds_config.get("zero_optimization", {})
     if zero.get("zero_hpz_partition_size", 1) > 1 or zero.get("offload_param", {}).get("device") == "nvme":
-        raise R2GError("ZeRO-3 loading of the LLM writes each rank's primary partition in host memory; it does not "
+        raise R2GError("ZeRO-3 loading of the LLM writes each rank's own primary partition; it does not "
                        "support zero_hpz_partition_size > 1 or offload_param to nvme in the --ds config")
 
 
