@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from r2g.config import DATASET_ALIASES, DATASETS, DataConfig
-from r2g.errors import R2GError
+from r2g.errors import AgreedError, R2GError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Chest X-ray report generation with a frozen LLM.")
 shard_app = typer.Typer(no_args_is_help=True, help="Write WebDataset shards from annotation.json + images.")
@@ -632,17 +632,19 @@ app.command()(with_config_flags(plan, ("model", "train"), only=PLAN_SETTINGS))
 
 
 def main() -> None:
+    together = False  # every rank raised the error at the same point (r2g.dist.AgreedError)
     try:
         try:
             app()  # Click ends even a successful command with SystemExit(0)
         except R2GError as e:
+            together = isinstance(e, AgreedError)
             console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             sys.exit(2)
     except SystemExit as e:
         if "torch" in sys.modules:  # the command may have opened a process group
             from r2g.dist import close_distributed
 
-            close_distributed(failed=bool(e.code))
+            close_distributed(failed=bool(e.code) and not together)
         raise
 
 

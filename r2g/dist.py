@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
+from contextlib import contextmanager
 
 import torch
+
+from r2g.errors import AgreedError, R2GError
 
 
 def free_port() -> int:
@@ -36,8 +39,8 @@ def close_distributed(failed: bool = False) -> None:
     """Tear the process group down at the end of a command. Left to interpreter exit, gloo's worker threads can be
     destroyed while still joinable and abort the process ("terminate called without an active exception",
     pytorch#190489): a finished run would exit with SIGABRT, a failed one with it instead of its own status. After
-    a failure only a world of one: another rank may still wait in a collective, and destroying the group under it
-    can hang."""
+    a failure only a world of one, or a failure every rank raised together (AgreedError): otherwise another rank
+    may still wait in a collective, and destroying the group under it can hang."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
     if not failed or torch.distributed.get_world_size() == 1:
@@ -63,3 +66,40 @@ def all_max(value: int) -> int:
         t = t.cuda()
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return int(t.item())
+
+
+def _world() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
+def raise_together(error: R2GError | None) -> None:
+    """Every rank calls this at the same point with the error it met before it (None: none). When any rank met
+    one, every rank raises the same R2GError (the lowest such rank's, naming it), so that no rank is left waiting
+    in a collective the failed one will never enter (until NCCL's 30-minute timeout). A world of one raises its
+    own error as it is. Costs one small all-reduce when no rank failed."""
+    if _world() == 1:
+        if error is not None:
+            raise error
+        return
+    if not all_max(int(error is not None)):
+        return
+    messages = gather_objects(None if error is None else str(error))
+    rank, message = next((r, m) for r, m in enumerate(messages) if m is not None)
+    raise AgreedError(f"on rank {rank}: {message}") from None
+
+
+@contextmanager
+def fail_together(together: bool = True):
+    """Run a block of local work (no collectives inside) on every rank; an R2GError in it on any rank becomes
+    the same R2GError on every rank at the block's end (`raise_together`). `together=False`: plain."""
+    if not together:
+        yield
+        return
+    error = None
+    try:
+        yield
+    except R2GError as e:
+        error = e
+    raise_together(error)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import r2g.cli
-from r2g.dist import close_distributed, init_distributed
-from r2g.errors import R2GError
+from r2g.dist import close_distributed, fail_together, init_distributed
+from r2g.errors import AgreedError, R2GError
 
 
 @pytest.fixture
@@ -49,3 +49,22 @@ def test_after_a_failure_a_larger_world_is_left_alone(command, monkeypatch):
     assert torch.distributed.is_initialized()
     close_distributed()  # success tears down any world
     assert not torch.distributed.is_initialized()
+
+
+def test_after_an_agreed_failure_a_larger_world_is_closed(command, monkeypatch):
+    """Every rank raised it at the same point (raise_together): none waits in a collective, so the group goes
+    and the process exits with its own status rather than gloo's abort."""
+    command(AgreedError("on rank 1: bad sample"))
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda *a, **k: 2)
+    with pytest.raises(SystemExit) as exit_:
+        r2g.cli.main()
+    assert exit_.value.code == 2 and not torch.distributed.is_initialized()
+
+
+def test_in_a_world_of_one_fail_together_raises_the_error_as_it_is():
+    with pytest.raises(R2GError, match="^bad shard$") as raised:
+        with fail_together():
+            raise R2GError("bad shard")
+    assert not isinstance(raised.value, AgreedError)
+    with fail_together():
+        pass  # no error, nothing raised

@@ -33,24 +33,26 @@ def decode(
     synced: bool = False,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[dict]:
-    """[{id, prediction, reference}] for this rank's batches (all ranks' rows, in id order, if `distributed`)."""
-    local, n_studies = [], 0
-    for batch in batches:
-        if max_samples and n_studies >= max_samples:
-            break
-        if max_samples and n_studies + len(batch["ids"]) > max_samples:  # cut the last batch to the limit
-            keep = max_samples - n_studies
-            batch = {k: v[:keep] for k, v in batch.items()}
-        local.append(batch)
-        n_studies += len(batch["ids"])
-    rows: list[dict] = []
-    n_batches = len(local)
-    if distributed:
-        from r2g.dist import all_max
+    """[{id, prediction, reference}] for this rank's batches (all ranks' rows, in id order, if `distributed`).
 
-        n_batches = all_max(n_batches)
-        if all_max(int(not local)):  # every rank learns it, so none is left waiting in a collective
+    `distributed`: a rank whose batches fail to load (a sample that does not decode) or that gets none stops
+    every rank with the same error, before any of them enters a collective."""
+    from r2g.dist import all_max, fail_together
+
+    local, n_studies = [], 0
+    with fail_together(distributed):
+        for batch in batches:
+            if max_samples and n_studies >= max_samples:
+                break
+            if max_samples and n_studies + len(batch["ids"]) > max_samples:  # cut the last batch to the limit
+                keep = max_samples - n_studies
+                batch = {k: v[:keep] for k, v in batch.items()}
+            local.append(batch)
+            n_studies += len(batch["ids"])
+        if distributed and not local:
             raise R2GError("a rank got no studies to decode: the split has fewer studies than ranks; use fewer processes")
+    rows: list[dict] = []
+    n_batches = all_max(len(local)) if distributed else len(local)
     for i in range(n_batches):
         batch = local[min(i, len(local) - 1)]
         images = batch["images"].to(device, dtype)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from r2g.dist import fail_together
 from r2g.errors import R2GError
 
 INDEX = "model.safetensors.index.json"
@@ -113,19 +114,21 @@ def fill_partitions(model: nn.Module, tensors: dict[str, StoredTensor], folder: 
     if missing:
         raise R2GError(f"{folder}: the checkpoint lacks {len(missing)} of the model's weights (e.g. {missing[:3]}); "
                        "the folder's config.json and safetensors files do not belong together")
-    for name, p in model.named_parameters():
-        stored = tensors[name]
-        if stored.shape != tuple(p.ds_shape):
-            raise R2GError(f"{folder}: {name} is stored with shape {list(stored.shape)}, the model built from "
-                           f"config.json wants {list(p.ds_shape)}")
-        part = p.ds_tensor
-        start = part.numel() * dist.get_rank(group=p.ds_process_group)
-        count = min(part.numel(), p.ds_numel - start)
-        if count > 0:  # the last ranks' partitions may be all padding
-            read_elements(stored, start, part.data[:count])
-    for name, buf in model.named_buffers():
-        if name in tensors and buf is not None:
-            read_elements(tensors[name], 0, buf.view(-1))
+    # Each rank reads other bytes, so a damaged file can fail on one rank alone: all of them stop together.
+    with fail_together():
+        for name, p in model.named_parameters():
+            stored = tensors[name]
+            if stored.shape != tuple(p.ds_shape):
+                raise R2GError(f"{folder}: {name} is stored with shape {list(stored.shape)}, the model built from "
+                               f"config.json wants {list(p.ds_shape)}")
+            part = p.ds_tensor
+            start = part.numel() * dist.get_rank(group=p.ds_process_group)
+            count = min(part.numel(), p.ds_numel - start)
+            if count > 0:  # the last ranks' partitions may be all padding
+                read_elements(stored, start, part.data[:count])
+        for name, buf in model.named_buffers():
+            if name in tensors and buf is not None:
+                read_elements(tensors[name], 0, buf.view(-1))
 
 
 def load_partitioned(folder: str | Path, dtype: torch.dtype, ds_config: dict) -> nn.Module:

@@ -16,9 +16,9 @@ import torch
 
 from r2g.config import RunConfig
 from r2g.data.loader import LostSamples, make_loader, split_shards
-from r2g.dist import gather_objects, init_distributed
+from r2g.dist import fail_together, gather_objects, init_distributed
 from r2g.ds_config import fill_ds_config, load_ds_config, zero_stage
-from r2g.errors import R2GError
+from r2g.errors import AgreedError, R2GError
 from r2g.model.zero3_load import llm_elements_held
 from r2g.precision import Precision, resolve_precision
 from r2g.train.checkpoint import export_trainable, gather_trainable, resume, save_resumable, write_run_config
@@ -105,8 +105,9 @@ def validate_and_export(engine, val_loader, cfg: RunConfig, precision: Precision
     if not improved:
         return best
     best = {"step": step, "metric": cfg.train.select_metric, "value": value, "scores": scores}
-    if rank == 0:
-        export_trainable(weights, out=Path(cfg.train.out), info=best)
+    with fail_together():  # the other ranks go on to the next collective only if rank 0's export was written
+        if rank == 0:
+            export_trainable(weights, out=Path(cfg.train.out), info=best)
     return best
 
 
@@ -205,9 +206,12 @@ def run(cfg: RunConfig) -> dict:
     step, loss_value = start_step, float("nan")
     damage, gather_damage = [], world > 1 and cfg.data.skip_damaged_shards  # damage met since the last log
     while step < total_steps:
-        loss_sum = 0.0
-        for _ in range(t.grad_accum):
-            epoch, batch = next(stream)
+        # The step's micro-batches are read before any forward pass: a rank whose data fails (an empty share, a
+        # sample that does not decode) stops every rank here, where none waits in the gradient all-reduce.
+        with fail_together():
+            batches = [next(stream) for _ in range(t.grad_accum)]
+        loss_sum = torch.zeros((), device=device)
+        for epoch, batch in batches:
             with precision.autocast(device):
                 loss = engine(**model_inputs(batch, device, precision.input_dtype)).loss
             engine.backward(loss)
@@ -218,9 +222,12 @@ def run(cfg: RunConfig) -> dict:
             meter.add(batch)
             damage += batch.get("lost", ())  # --skip-damaged-shards only
         step += 1
-        loss_value = float(loss_sum) / t.grad_accum  # the mean over the step's micro-batches
+        if world > 1:  # judged on the mean over ranks, so that a non-finite loss on one rank stops all of them
+            torch.distributed.all_reduce(loss_sum)
+        loss_value = float(loss_sum) / (t.grad_accum * world)  # the mean over the step's micro-batches and ranks
         if not math.isfinite(loss_value):
-            raise R2GError(f"loss is {loss_value} at step {step}; lower --lr or use --precision fp32")
+            raise AgreedError(f"loss is {loss_value} at step {step} (mean over {world} rank(s)); lower --lr or "
+                              "use --precision fp32")
 
         if step % t.log_every == 0 or step == total_steps:
             if gather_damage:  # a sample that does not decode is met only by the rank that reads it

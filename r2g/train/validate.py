@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from r2g.config import RunConfig
+from r2g.dist import fail_together
 from r2g.errors import R2GError
 from r2g.eval.decode import decode, per_rank_limit
 from r2g.metrics.keys import HEADLINE
@@ -45,10 +46,11 @@ def validate(model, loader, cfg: RunConfig, device, dtype, n_studies: int, rank:
     rows = decode(model, loader, cfg.generate, device, dtype, max_samples=per_rank, distributed=world > 1, synced=synced)
     model.train(was_training)
     scores = None
-    if rank == 0:  # one JVM for METEOR, one labeler pass; everyone else waits for the result
-        refs = {r["id"]: r["reference"] for r in rows}
-        preds = {r["id"]: r["prediction"] for r in rows}
-        scores = {k: v for k, v in score(refs, preds).items() if isinstance(v, (int, float))}
+    with fail_together():  # a scoring failure on rank 0 stops the ranks that wait for its result too
+        if rank == 0:  # one JVM for METEOR, one labeler pass; everyone else waits for the result
+            refs = {r["id"]: r["reference"] for r in rows}
+            preds = {r["id"]: r["prediction"] for r in rows}
+            scores = {k: v for k, v in score(refs, preds).items() if isinstance(v, (int, float))}
     box = [scores]
     if world > 1:
         torch.distributed.broadcast_object_list(box, src=0)
