@@ -81,6 +81,23 @@ def test_zero2_trains_validates_and_exports_a_rebuildable_run(assets, tmp_path):
     assert sorted(losses(out)) == [1, 2, 3, 4]
 
 
+def test_zero0_fp32_exports_the_weights_its_optimizer_steps(assets, tmp_path):
+    """ZeRO-0 in fp32 keeps no separate fp32 masters (DeepSpeed's helper returns None there): the export is the
+    module's own weights, the ones the checkpoint holds."""
+    ds = json.loads((ROOT / "ds_configs" / "zero2.json").read_text())
+    ds["zero_optimization"] = {"stage": 0}
+    (tmp_path / "zero0.json").write_text(json.dumps(ds))
+    out = tmp_path / "run"
+    result = train(assets, out, "--ds", str(tmp_path / "zero0.json"), "--precision", "fp32", "--mode", "shallow",
+                   "--max-steps", "2", "--save-every", "2", "--val-samples", "-1")
+    assert "ZeRO-0, fp32" in result.stdout
+    exported = load_file(out / "trainable.safetensors")
+    saved = torch.load(out / "checkpoints" / "step00000002" / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    assert sorted(exported) == sorted(saved) and all(n.startswith("mapper.") for n in exported)
+    for name, weight in exported.items():
+        assert weight.dtype == torch.float32 and torch.equal(weight, saved[name]), name
+
+
 def test_loss_falls_on_generated_data(assets, tmp_path):
     out = tmp_path / "run"
     train(assets, out, "--ds", "ds_configs/zero2.json", "--mode", "shallow", "--lr", "1e-2", "--max-steps", "30",

@@ -114,11 +114,20 @@ def gather_trainable(engine) -> dict[str, torch.Tensor]:
     """Full fp32 master copies of the trainable weights (a collective under ZeRO-3: call on every rank)."""
     from deepspeed.utils import safe_get_full_fp32_param
 
-    return {
-        name: safe_get_full_fp32_param(p).detach().cpu().float().contiguous()
-        for name, p in engine.module.named_parameters()
-        if p.requires_grad
-    }
+    weights = {}
+    for name, p in engine.module.named_parameters():
+        if not p.requires_grad:
+            continue
+        master = safe_get_full_fp32_param(p)
+        if master is None:
+            # ZeRO-0 without bf16 keeps no separate masters (DeepSpeed wraps no optimizer around the torch one,
+            # so the helper finds nothing): the module's own fp32 weights are what the optimizer steps.
+            if p.dtype != torch.float32:
+                raise R2GError(f"DeepSpeed holds no fp32 master of {name} ({p.dtype}) under this --ds config; "
+                               "use ZeRO stage 1, 2 or 3 (ds_configs/zero2.json)")
+            master = p
+        weights[name] = master.detach().cpu().float().contiguous()
+    return weights
 
 
 def write_run_config(out: Path, cfg: RunConfig, llm_config_sha256: str) -> None:
