@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from r2g.errors import R2GError
+from r2g.files import write_text
 
 Dataset = Literal["iu_xray", "mimic_cxr"]
 Mode = Literal["shallow", "delta", "deep"]
@@ -225,8 +227,25 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+    def save(self, path: str | Path, meta: dict[str, Any] | None = None) -> None:
+        """Write the run record: the config and `meta` (facts recorded beside it, e.g. the LLM's config hash),
+        atomically (a crash leaves the previous record or this one)."""
+        write_text(Path(path), json.dumps({**self.to_dict(), "meta": meta or {}}, indent=2) + "\n")
+
+    def with_absolute_paths(self) -> "RunConfig":
+        """The base paths (LLM, vision weights, shards) made absolute, as a run records them, so that the run
+        folder rebuilds its model from any working directory."""
+        weights = self.model.vision_weights
+        if self.model.vision_weights_file:  # else a random Swin: no path
+            weights = os.path.abspath(weights)
+        model = dataclasses.replace(self.model, llm=os.path.abspath(self.model.llm), vision_weights=weights)
+        return dataclasses.replace(self, model=model, data=dataclasses.replace(self.data, shards=os.path.abspath(self.data.shards)))
+
+    def differences(self, other: "RunConfig") -> dict[str, tuple[Any, Any]]:
+        """'section.field' -> (this value, `other`'s) for every setting that differs."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return {f"{section}.{name}": (value, theirs[section][name])
+                for section, fields in mine.items() for name, value in fields.items() if value != theirs[section][name]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> "RunConfig":
@@ -238,7 +257,13 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
-        return cls.from_dict(read_json(Path(path)), source=str(path))
+        return cls.load_record(path)[0]
+
+    @classmethod
+    def load_record(cls, path: str | Path) -> tuple["RunConfig", dict[str, Any]]:
+        """(the config, its meta) from a run record written by `save`."""
+        data = read_json(Path(path))
+        return cls.from_dict(data, source=str(path)), data.get("meta", {})
 
 
 def read_json(path: Path) -> dict:

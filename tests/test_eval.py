@@ -27,7 +27,6 @@ from r2g.eval.reconstitute import inference_placement, load_for_inference, load_
 from r2g.metrics.keys import CE_KEYS, NLG_METRICS
 from r2g.model.vision import build_vision_encoder
 from r2g.precision import resolve_precision
-from r2g.train.checkpoint import write_run_config
 
 from .damage import break_header
 from .tiny_scorers import write_tiny_chexbert
@@ -279,12 +278,13 @@ def test_run_config_records_absolute_base_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = RunConfig(data=DataConfig(shards="data/shards"),
                     model=ModelConfig(llm="models/llm", vision_weights="models/swin.safetensors"))
-    write_run_config(tmp_path, cfg, "0" * 64)
-    saved = RunConfig.load(tmp_path / "r2g_config.json")
+    cfg.with_absolute_paths().save(tmp_path / "r2g_config.json", {"llm_config_sha256": "0" * 64})
+    saved, meta = RunConfig.load_record(tmp_path / "r2g_config.json")
+    assert meta == {"llm_config_sha256": "0" * 64} and not list(tmp_path.glob("*.tmp"))
     assert saved.model.llm == str(tmp_path / "models" / "llm")
     assert saved.model.vision_weights == str(tmp_path / "models" / "swin.safetensors")
     assert saved.data.shards == str(tmp_path / "data" / "shards")
-    write_run_config(tmp_path, RunConfig(model=ModelConfig(llm="models/llm", vision_weights="none")), "0" * 64)
+    RunConfig(model=ModelConfig(llm="models/llm", vision_weights="none")).with_absolute_paths().save(tmp_path / "r2g_config.json")
     assert RunConfig.load(tmp_path / "r2g_config.json").model.vision_weights == "none"  # a random Swin: no path
 
 

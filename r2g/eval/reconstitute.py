@@ -11,14 +11,13 @@ training time; the trained weights come from `trainable.safetensors` (the best v
 `checkpoint=`, straight from a DeepSpeed ZeRO checkpoint through DeepSpeed's own consolidation
 (`get_fp32_state_dict_from_zero_checkpoint`, the function behind `zero_to_fp32.py`).
 
-Runs record their base paths absolute (`r2g.train.checkpoint.write_run_config`), so a run folder works from
+Runs record their base paths absolute (`RunConfig.with_absolute_paths`), so a run folder works from
 any directory. A relative one (runs written before that) is looked up from the working directory, then from
 the run folder and each folder above it; `--llm`, `--vision-weights` and `--shards` override them.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,13 +77,13 @@ def open_run(
     path = run / "r2g_config.json"
     if not path.is_file():
         raise R2GError(f"{path}: not found; --ckpt must be a run folder written by `r2g train` / cli/train.py")
-    cfg = RunConfig.load(path)
+    cfg, meta = RunConfig.load_record(path)
     llm = llm or _recorded(cfg.model.llm, run, "model.llm", "--llm")
     if vision_weights is not None and not Path(vision_weights).exists():
         raise R2GError(f"--vision-weights {vision_weights}: not found; give a local .safetensors/.pth/.bin file or folder")
     if vision_weights is None and cfg.model.vision_weights_file:  # else the run's Swin started from random weights
         vision_weights = _recorded(cfg.model.vision_weights_file, run, "model.vision_weights", "--vision-weights")
-    recorded, actual = json.loads(path.read_text()).get("meta", {}).get("llm_config_sha256"), config_hash(llm)
+    recorded, actual = meta.get("llm_config_sha256"), config_hash(llm)
     if recorded and recorded != actual and not allow_llm_mismatch:
         raise R2GError(
             f"{llm}: its config.json differs from the base LLM this run was trained on (sha256 "

@@ -1,66 +1,74 @@
 """Resumable DeepSpeed checkpoints and the exported run artefacts.
 
 A run folder holds:
-    r2g_config.json           everything needed to rebuild the model (+ the base LLM's config hash)
-    trainable.safetensors     only the trained weights (fp32 masters), of the best validation so far
-    best.json                 step, selection metric and scores of that export
+    r2g_config.json           the run record: everything needed to rebuild the model (+ the base LLM's config
+                              hash, and the settings a resume changed), written by RunConfig.save
+    trainable.safetensors     only the trained weights (fp32 masters), of the best validation so far; its
+                              metadata holds that validation's record (step, selection metric, scores)
+    best.json                 a readable copy of that record
     checkpoints/<tag>/        DeepSpeed state: ZeRO shards of the trainable weights, optimizer, scheduler,
-    checkpoints/latest        and our client state (step, best score, RNG states). The frozen LLM is not
-                              written: it is the base model named in r2g_config.json.
+    checkpoints/latest        our client state (step, steps per epoch) and each rank's RNG states
+                              (rng_rank<N>.pt). The frozen LLM is not written: it is the base model named in
+                              r2g_config.json.
 
 Every file here is written so that a crash (kill -9, pre-emption, power loss) at any moment leaves the
 previous version whole: a tag is written under a `partial-` name and renamed once complete and on disk, and
-`latest`, trainable.safetensors and best.json are replaced by renaming a finished temporary file over them.
+`latest` and trainable.safetensors are replaced by renaming a finished temporary file over them. The export
+and its record are one file, so they change together: a resume takes the best score so far from the export
+(`exported_best`), not from the checkpoint, which may predate a better export.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import random
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
-from r2g.config import RunConfig
+from r2g.config import SECTIONS, RunConfig, flag_name
+from r2g.dist import fail_together
 from r2g.errors import R2GError
+from r2g.files import fsync, replace, write_text
 
+RECORD = "r2g_config.json"
 KEEP_CHECKPOINTS = 2  # resumable checkpoints kept on disk; older ones are deleted after a successful save
 PARTIAL = "partial-"  # prefix of a tag folder still being written; `latest` never names one
+EXPORT = "trainable.safetensors"
+BEST_KEY = "r2g_best"  # the export's metadata entry holding its validation record (JSON)
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's generators: Python, NumPy, torch's CPU one and, with CUDA, every visible GPU's."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore `rng_state()`'s generators. CUDA's are restored when both the saved state and this process have
+    them (a state saved on a CPU leaves them as seeded); with another count of visible GPUs than at the save,
+    only the current device's."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    saved = state.get("cuda")
+    if saved is None or not torch.cuda.is_available():
+        return
+    if len(saved) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(saved)
+    elif torch.cuda.current_device() < len(saved):
+        torch.cuda.set_rng_state(saved[torch.cuda.current_device()])
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)  # a folder too: its entries (a rename) reach the disk only this way
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _replace(tmp: Path, dest: Path) -> None:
-    """Put the finished file `tmp` in place of `dest` in one step: a crash leaves the old file or the new one."""
-    _fsync(tmp)
-    os.replace(tmp, dest)
-    _fsync(dest.parent)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    _replace(tmp, path)
+def _rng_file(tag_folder: Path, rank: int) -> Path:
+    return tag_folder / f"rng_rank{rank:05d}.pt"
 
 
 def save_resumable(engine, out: Path, step: int, client_state: dict, rank: int) -> None:
@@ -72,28 +80,40 @@ def save_resumable(engine, out: Path, step: int, client_state: dict, rank: int) 
     if rank == 0 and partial.exists():
         shutil.rmtree(partial)  # a crashed earlier try at this step: none of its files may end up in this one
     comm.barrier()
+    # Each rank's own generators (DeepSpeed's client state is written by one rank only): dropout masks after a
+    # resume are those the uninterrupted run would have drawn, on every rank and GPU.
+    partial.mkdir(parents=True, exist_ok=True)
+    torch.save(rng_state(), _rng_file(partial, rank))
     # save_latest=False: DeepSpeed would write `latest` in place (a crash can leave it empty) and before the
     # other ranks have finished their shards. save_checkpoint ends in a barrier, so after it every rank is done.
-    engine.save_checkpoint(str(ckpt), tag=partial.name, client_state={**client_state, "rng": rng_state()},
-                           save_latest=False, exclude_frozen_parameters=True)
-    if rank == 0:
-        for f in partial.rglob("*"):
-            if f.is_file():
-                _fsync(f)
-        final = ckpt / tag
-        if final.exists():  # the same step saved before, by a run that died before `latest` named it
-            shutil.rmtree(final)
-        partial.rename(final)
-        _fsync(ckpt)
-        _write_text(ckpt / "latest", tag)
-        tags = sorted(p for p in ckpt.glob("step*") if p.is_dir())
-        for old in tags[:-KEEP_CHECKPOINTS] + list(ckpt.glob(PARTIAL + "*")):
-            shutil.rmtree(old, ignore_errors=True)
-    comm.barrier()  # every rank returns with the checkpoint committed
+    engine.save_checkpoint(str(ckpt), tag=partial.name, client_state=client_state, save_latest=False,
+                           exclude_frozen_parameters=True)
+    with fail_together():  # also the barrier: every rank returns with the checkpoint committed, or stops
+        if rank == 0:
+            try:
+                _commit(ckpt, partial, tag)
+            except OSError as e:
+                raise R2GError(f"{ckpt}: could not commit checkpoint {tag} ({e}); the previous one is intact: "
+                               "free space there and --resume") from None
 
 
-def resume(engine, out: Path) -> dict | None:
-    """Load the latest checkpoint if there is one; returns its client state (None when starting fresh)."""
+def _commit(ckpt: Path, partial: Path, tag: str) -> None:
+    for f in partial.rglob("*"):
+        if f.is_file():
+            fsync(f)
+    final = ckpt / tag
+    if final.exists():  # the same step saved before, by a run that died before `latest` named it
+        shutil.rmtree(final)
+    partial.rename(final)
+    fsync(ckpt)
+    write_text(ckpt / "latest", tag)
+    tags = sorted(p for p in ckpt.glob("step*") if p.is_dir())
+    for old in tags[:-KEEP_CHECKPOINTS] + list(ckpt.glob(PARTIAL + "*")):
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_checkpoint(out: Path) -> str | None:
+    """The tag `checkpoints/latest` names (None: the run has no checkpoint yet), checked to be a checkpoint."""
     ckpt = out / "checkpoints"
     if not (ckpt / "latest").is_file():
         return None
@@ -102,11 +122,24 @@ def resume(engine, out: Path) -> dict | None:
         complete = ", ".join(p.name for p in sorted(ckpt.glob("step*")) if p.is_dir()) or "none"
         raise R2GError(f"{ckpt / 'latest'} names {tag!r}, which is not a checkpoint in {ckpt}; write the name of "
                        f"a complete checkpoint into it (folders there: {complete}) or train into a new --out")
+    return tag
+
+
+def resume(engine, out: Path, rank: int) -> dict:
+    """Load the latest checkpoint (`latest_checkpoint` names one) and this rank's RNG states; returns its client
+    state."""
+    tag = latest_checkpoint(out)
+    ckpt = out / "checkpoints"
     # load_module_strict=False: the frozen LLM weights were left out of the checkpoint on purpose.
     path, client = engine.load_checkpoint(str(ckpt), tag=tag, load_module_strict=False)
     if path is None:
-        return None
-    set_rng_state(client["rng"])
+        raise R2GError(f"{ckpt / tag}: DeepSpeed found no checkpoint files there; write the name of another "
+                       "complete checkpoint into checkpoints/latest or train into a new --out")
+    rng = _rng_file(ckpt / tag, rank)
+    if not rng.is_file():
+        raise R2GError(f"{ckpt / tag} holds no RNG state for rank {rank} ({rng.name}); resume on the world size "
+                       "that saved it")
+    set_rng_state(torch.load(rng, weights_only=False))  # our own file: NumPy's state is not a plain tensor
     return client
 
 
@@ -130,20 +163,63 @@ def gather_trainable(engine) -> dict[str, torch.Tensor]:
     return weights
 
 
-def write_run_config(out: Path, cfg: RunConfig, llm_config_sha256: str) -> None:
-    """r2g_config.json, its base paths (LLM, vision weights, shards) made absolute so that the run folder
-    rebuilds its model from any working directory."""
-    data = cfg.to_dict()
-    data["model"]["llm"] = os.path.abspath(cfg.model.llm)
-    if cfg.model.vision_weights_file:  # else a random Swin: no path
-        data["model"]["vision_weights"] = os.path.abspath(cfg.model.vision_weights_file)
-    data["data"]["shards"] = os.path.abspath(cfg.data.shards)
-    data["meta"] = {"llm_config_sha256": llm_config_sha256}
-    (out / "r2g_config.json").write_text(json.dumps(data, indent=2) + "\n")
-
-
 def export_trainable(weights: dict[str, torch.Tensor], out: Path, info: dict) -> None:
-    tmp = out / "trainable.safetensors.tmp"
-    save_file(weights, str(tmp), metadata={"format": "pt"})
-    _replace(tmp, out / "trainable.safetensors")
-    _write_text(out / "best.json", json.dumps(info, indent=2) + "\n")
+    """trainable.safetensors with its validation record `info` inside (one rename replaces both), then best.json.
+    A crash between the two leaves best.json a step behind; `exported_best` reads the record that counts."""
+    tmp = out / (EXPORT + ".tmp")
+    save_file(weights, str(tmp), metadata={"format": "pt", BEST_KEY: json.dumps(info)})
+    replace(tmp, out / EXPORT)
+    write_text(out / "best.json", json.dumps(info, indent=2) + "\n")
+
+
+def exported_best(out: Path, repair_copy: bool = False) -> dict | None:
+    """The validation record of the run's export (None: nothing exported yet), read from the export itself.
+    `repair_copy` (one rank): rewrite best.json from it when a crash left that copy behind."""
+    path = out / EXPORT
+    if not path.is_file():
+        return None
+    with safe_open(str(path), "pt") as f:
+        record = (f.metadata() or {}).get(BEST_KEY)
+    copy = out / "best.json"
+    if record is None:  # exported before the record moved inside the export
+        return json.loads(copy.read_text()) if copy.is_file() else None
+    best = json.loads(record)
+    if repair_copy and (not copy.is_file() or json.loads(copy.read_text()) != best):
+        write_text(copy, json.dumps(best, indent=2) + "\n")
+    return best
+
+
+# What a resume may change: how long the run goes on, how often it logs, saves and validates, how many loader
+# workers read. Every other setting shapes the model, the data or the optimisation that the checkpoint continues,
+# or what the best export's score means (validation subset, metric, decoding), so a change to it is refused.
+RESUMABLE = ("train.max_steps", "train.epochs", "train.log_every", "train.save_every", "train.val_every",
+             "train.val_per_epoch", "data.workers", "generate.batch_size")
+NOT_COMPARED = ("train.resume", "train.out")  # the launch's own: --resume itself, and where the record was found
+
+
+def _flag(key: str) -> str:
+    section, name = key.split(".")
+    field = next(f for f in dataclasses.fields(SECTIONS[section]) if f.name == name)
+    return f"--{flag_name(field)}" if field.metadata.get("cli", True) else key
+
+
+def resumed_changes(out: Path, cfg: RunConfig, llm_config_sha256: str) -> dict[str, list]:
+    """The settings in which this launch (`cfg`, base paths absolute) differs from the run record in `out`:
+    'section.field' -> [recorded, now], all of them RESUMABLE; any other difference is refused, each named."""
+    saved, meta = RunConfig.load_record(out / RECORD)
+    changed = {k: v for k, v in saved.differences(cfg).items() if k not in NOT_COMPARED}
+    refused = [f"{_flag(k)} was {old!r}, now {new!r}" for k, (old, new) in changed.items() if k not in RESUMABLE]
+    if meta.get("llm_config_sha256", llm_config_sha256) != llm_config_sha256:
+        refused.append(f"the base LLM's config.json ({cfg.model.llm}) is not the one the run started from")
+    if refused:
+        raise R2GError(f"{out / RECORD}: --resume continues the run as it was set up, but this launch changes "
+                       f"{'; '.join(refused)}. Resume with the recorded settings, or train into a new --out "
+                       f"(a resume may change only {', '.join(map(_flag, RESUMABLE))})")
+    return {k: list(v) for k, v in changed.items()}
+
+
+def record_resume(out: Path, cfg: RunConfig, changes: dict[str, list], step: int) -> None:
+    """Write this launch's settings into the run record, with the changes it made and the step they took
+    effect at (meta.changes), so the record says what every stretch of the run used."""
+    _, meta = RunConfig.load_record(out / RECORD)
+    cfg.save(out / RECORD, {**meta, "changes": [*meta.get("changes", []), {"step": step, "settings": changes}]})

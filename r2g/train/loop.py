@@ -19,9 +19,11 @@ from r2g.data.loader import LostSamples, make_loader, split_shards
 from r2g.dist import fail_together, gather_objects, init_distributed
 from r2g.ds_config import fill_ds_config, load_ds_config, zero_stage
 from r2g.errors import AgreedError, R2GError
+from r2g.model.llm import config_hash
 from r2g.model.zero3_load import llm_elements_held
 from r2g.precision import Precision, resolve_precision
-from r2g.train.checkpoint import export_trainable, gather_trainable, resume, save_resumable, write_run_config
+from r2g.train.checkpoint import (RECORD, export_trainable, exported_best, gather_trainable, latest_checkpoint,
+                                  record_resume, resume, resumed_changes, save_resumable)
 from r2g.train.logger import RunLogger
 from r2g.train.validate import check_select_metric, selection_value, validate
 
@@ -118,7 +120,6 @@ def run(cfg: RunConfig) -> dict:
     from transformers.integrations import HfDeepSpeedConfig
 
     from r2g.model.flops import FlopCounts, peak_flops
-    from r2g.model.llm import config_hash
     from r2g.model.r2gen import build_model
     from r2g.train.meter import ThroughputMeter
     from r2g.train.schedule import epoch_cosine
@@ -128,13 +129,20 @@ def run(cfg: RunConfig) -> dict:
     check_vision_weights(cfg)
     rank, world, device = init_distributed()
     # Seed before anything draws: mapper and LoRA initialisation, then dropout. Same seed on every rank,
-    # so every rank builds identical initial weights. A resumed run restores the RNG state it saved.
+    # so every rank builds identical initial weights. A resumed run then restores each rank's generators (CUDA's
+    # included) as its checkpoint saved them, after the model is built (`resume` below), so the seed set here
+    # does not clobber them and dropout goes on as in the uninterrupted run.
     set_seed(t.seed)
     out = Path(t.out)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-    if (out / "checkpoints" / "latest").is_file() and not t.resume:
+    resuming = latest_checkpoint(out) is not None
+    if resuming and not t.resume:
         raise R2GError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    # The run record: checked against this launch on a resume before anything loads (every rank reads the same
+    # record, so all refuse together), written once the step it takes effect at is known.
+    record, llm_hash = cfg.with_absolute_paths(), config_hash(cfg.model.llm)
+    changes = resumed_changes(out, record, llm_hash) if resuming else {}
 
     # Data first: a missing split should fail before minutes of model loading.
     train_split = split_shards(cfg.data.shards, "train", cfg.data.skip_damaged_shards)
@@ -162,19 +170,21 @@ def run(cfg: RunConfig) -> dict:
         scheduler_factory = lambda opt: epoch_cosine(opt, t.lr, t.min_lr, steps_per_epoch, t.epochs)  # noqa: E731
     engine, _, _, scheduler = deepspeed.initialize(model=model, model_parameters=model.trainable_parameters(),
                                                    config=ds, lr_scheduler=scheduler_factory)
-    if rank == 0:
-        write_run_config(out, cfg, config_hash(cfg.model.llm))
 
     start_step, best = 0, None
-    if t.resume:
-        client = resume(engine, out)
-        if client is not None:
-            if client["steps_per_epoch"] != steps_per_epoch:
-                raise R2GError(
-                    f"{out}: the checkpoint has {client['steps_per_epoch']} steps per epoch, this launch "
-                    f"{steps_per_epoch}; resume with the same shards, world size, --micro-batch and --grad-accum"
-                )
-            start_step, best = client["global_step"], client["best"]
+    if resuming:
+        client = resume(engine, out, rank)
+        if client["steps_per_epoch"] != steps_per_epoch:
+            raise R2GError(
+                f"{out}: the checkpoint has {client['steps_per_epoch']} steps per epoch, this launch "
+                f"{steps_per_epoch}; resume with the same shards, world size, --micro-batch and --grad-accum"
+            )
+        # The best score so far is the export's: a better validation may have been exported after the checkpoint.
+        start_step, best = client["global_step"], exported_best(out, repair_copy=rank == 0)
+    if rank == 0 and not resuming:
+        record.save(out / RECORD, {"llm_config_sha256": llm_hash})
+    elif rank == 0 and changes:
+        record_resume(out, record, changes, start_step)
     log = RunLogger(out, total_steps, start_step, enabled=rank == 0)
     log.print(f"rank 0 of {world} on {device}, ZeRO-{stage}, {precision.name}; "
               f"{n_train} train studies, {steps_per_epoch} steps/epoch, {total_steps} steps" +
@@ -245,7 +255,7 @@ def run(cfg: RunConfig) -> dict:
         if validate_now(step) or step == total_steps:
             best = validate_and_export(engine, val_loader, cfg, precision, step, n_val, best, log, dist)
         if step % t.save_every == 0 or step == total_steps:
-            save_resumable(engine, out, step, {"global_step": step, "steps_per_epoch": steps_per_epoch, "best": best}, rank)
+            save_resumable(engine, out, step, {"global_step": step, "steps_per_epoch": steps_per_epoch}, rank)
 
     log.close()
     return {"steps": step, "best": best, "final_loss": loss_value}
