@@ -1,7 +1,7 @@
 """The first GPU check, in one command (issue 10 point 6): under 8 minutes on one H100 / H200.
 
     python bench/gpu_check.py                          # Llama-2-7B shapes, bf16, writes runs/gpu_check/{json,md}
-    python bench/gpu_check.py --llm-shapes tiny        # the same code path on a CPU in a minute (the test runs it)
+    python bench/gpu_check.py --llm-shapes tiny        # the same code path on a CPU in minutes (the test runs it)
 
 What it measures, at Swin-B 224 px + Llama-2-7B shapes with random weights (bench/shapes.py), every report
 filling the 100-token budget (MIMIC-CXR's worst case), micro-batch 6:
@@ -11,7 +11,25 @@ filling the 100-token budget (MIMIC-CXR's worst case), micro-batch 6:
    torch's peak allocated against the plan's tensors (its total less the workspace row), and peak reserved
    against the plan's tensors plus its allocator-slack assumption, so the GPU constants get calibrated;
 3. beam-3 generation, reports/s and tokens/s, batched (bench/generate.py's `timed`);
-4. a ZeRO-3 training step (shallow), with its peak memory against the plan.
+4. a ZeRO-3 training step (shallow), with its peak memory against the plan;
+5. every path that only CUDA reaches, through r2g's own commands on a tiny synthetic run (bench/cuda_paths.py:
+   train-zero3, resume, eval-zero3, generate), pass/fail and seconds each; a failure's output is kept in
+   gpu_check.json. The paths, found by reading for host-only calls on device tensors and for collectives:
+   - partitioned loading: model/zero3_load.read_elements fills a rank's partition on its GPU from a bf16
+     safetensors file in a bf16 run (same dtype: the old code called .numpy() on the partition), through a host
+     buffer and copy_ (train-zero3; eval-zero3 again for inference)
+   - export: train/checkpoint.gather_trainable copies DeepSpeed's fp32 masters off the GPU, export_trainable
+     writes them with their record (train-zero3); exported_best on resume (resume)
+   - reconstitution: eval/reconstitute.load_for_inference places the whole model on the GPU in the run's
+     precision (generate); load_partitioned_for_inference builds a ZeRO-3 engine there (eval-zero3)
+   - meter: train/meter.ThroughputMeter on pinned CUDA batches and the GPU's peak FLOP/s by device name for
+     MFU (train-zero3)
+   - decode: eval/decode.decode moves batches to the GPU, all_max and gather_objects over NCCL, synced beams
+     under ZeRO-3 with 2+ ranks (train-zero3's validation, eval-zero3)
+   - agreement: the step loss all-reduced on the GPU, r2g.dist.raise_together's all_max / all_gather_object
+     over NCCL at every step, after rank 0's scoring and export, around checkpoint commits (train-zero3, resume;
+     over NCCL only with 2+ GPUs: with one GPU the commands run on one rank)
+   - RNG: train/checkpoint.rng_state / set_rng_state save and restore every GPU's generator per rank (resume)
 Writes gpu_check.json and gpu_check.md into --out and prints the markdown.
 """
 
@@ -94,10 +112,14 @@ def markdown(r: dict, provenance: dict) -> str:
     lines += ["", f"Generation, beam {g['num_beams']}, batch {g['batch_size']}, {g['new_tokens']} new tokens each: "
               f"{g['reports_per_s']:.2f} reports/s, {g['tokens_per_s']:,.0f} tokens/s ({g['reports']} reports, "
               f"{g['seconds']:.1f} s)."]
+    lines += ["", "| CUDA-only path (bench/cuda_paths.py) | device | ranks | result | s |", "|---|---|---|---|---|"]
+    lines += [f"| {p['path']} | {p['device']} | {p['ranks']} | {'ok' if p['ok'] else 'FAILED'} | {p['seconds']:.0f} |"
+              for p in r["paths"]]
     return "\n".join(lines) + "\n"
 
 
 def run(args) -> dict:
+    from bench.cuda_paths import run_paths
     from bench.shapes import shapes, stand_in_tokenizer
     from bench.train_step import modes_bench
 
@@ -113,10 +135,11 @@ def run(args) -> dict:
                 steps.append(compare(row, plan_for(s, tokenizer, row, ds_name)))
                 print(f"{ds_name} {row['mode']} grad_ckpt={ckpt}: {row['step_ms']:.1f} ms", flush=True)
     gen = generation(s, args.reports, args.gen_batch, args.new_tokens)
+    paths = run_paths(Path(args.out) / "cuda_paths")
     return {"llm_shapes": args.llm_shapes, "vision_arch": s.vision_arch, "device": result["device"],
             "dtype": result["dtype"], "peak_tflops": result["peak_tflops"],
             "micro_batch": args.micro_batch, "timed_steps": args.steps,
-            "steps": steps, "generation": gen, "seconds": time.perf_counter() - t0}
+            "steps": steps, "generation": gen, "paths": paths, "seconds": time.perf_counter() - t0}
 
 
 def main() -> None:
