@@ -124,6 +124,9 @@ def test_zero2_two_processes(assets, tmp_path):
     result = train(assets, out, "--ds", "ds_configs/zero2.json", "--max-steps", "3", "--val-samples", "-1", procs=2)
     assert "rank 0 of 2" in result.stdout and "3 steps/epoch" in result.stdout  # 24 studies / (2 ranks x 4)
     assert sorted(losses(out)) == [1, 2, 3]
+    # each rank's own generators, beside DeepSpeed's state (whose client state only rank 0 writes)
+    rng = sorted(p.name for p in (out / "checkpoints" / "step00000003").glob("rng_rank*"))
+    assert rng == ["rng_rank00000.pt", "rng_rank00001.pt"]
 
 
 def test_samples_that_do_not_decode_on_either_rank_are_logged_and_counted_by_rank_0(assets, tmp_path):
