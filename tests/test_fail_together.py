@@ -6,7 +6,6 @@ TIMEOUT seconds: a hang fails the test instead of blocking CI."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
