@@ -5,7 +5,6 @@ The launchers themselves are simulated: processes started by hand with the varia
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +13,8 @@ import pytest
 from r2g.dist import free_port
 from r2g.errors import R2GError
 from r2g.launch import LAUNCH_VARIABLES, Launch, detect_launch, first_host
+
+from .together import run_together
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,32 +105,20 @@ def test_a_multi_task_launch_that_cannot_be_mapped_is_refused(env: dict, says: s
     assert says in str(error.value)
 
 
-def _simulated(variables: list[dict], timeout: int = 120) -> list[subprocess.CompletedProcess]:
+def _simulated(variables: list[dict], logs: Path) -> list[tuple[int, str]]:
     """One process per dict of variables, each opening the process group as a command does and summing its
-    rank + 1 over the world; no launcher in between."""
+    rank + 1 over the world; no launcher in between. (exit status, output) of each."""
     script = ("import torch\nfrom r2g.dist import init_distributed, close_distributed\n"
               "rank, world, device = init_distributed()\n"
               "t = torch.tensor([rank + 1.0])\ntorch.distributed.all_reduce(t)\n"
               "print(f'rank {rank} of {world} sum {int(t.item())}', flush=True)\nclose_distributed()\n")
     base = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
     base["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), base.get("PYTHONPATH")]))
-    procs = [subprocess.Popen([sys.executable, "-c", script], env=base | v, cwd=ROOT, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for v in variables]
-    done = []
-    try:
-        for p in procs:
-            out, err = p.communicate(timeout=timeout)  # a rank waiting for a peer that never comes fails here
-            done.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    return done
+    return run_together([([sys.executable, "-c", script], base | v) for v in variables], logs, ROOT, timeout=120)
 
 
 @pytest.mark.parametrize("launcher", ["slurm", "openmpi", "mpich"])
-def test_two_processes_with_launcher_variables_form_one_world_of_two(launcher: str):
+def test_two_processes_with_launcher_variables_form_one_world_of_two(launcher: str, tmp_path):
     rendezvous = {"MASTER_PORT": str(free_port())}  # a fixed derived port could meet another test's
     if launcher == "slurm":
         variables = [srun_task(r, SLURM_NODELIST="localhost") | rendezvous for r in range(2)]
@@ -139,16 +128,14 @@ def test_two_processes_with_launcher_variables_form_one_world_of_two(launcher: s
     else:
         variables = [{"PMI_RANK": str(r), "PMI_SIZE": "2", "MPI_LOCALRANKID": str(r), "MPI_LOCALNRANKS": "2"} | rendezvous
                      for r in range(2)]
-    results = _simulated(variables)
-    for rank, r in enumerate(results):
-        assert r.returncode == 0, r.stderr[-3000:]
-        assert f"rank {rank} of 2 sum 3" in r.stdout
+    for rank, (status, log) in enumerate(_simulated(variables, tmp_path)):
+        assert status == 0 and f"rank {rank} of 2 sum 3" in log, log[-3000:]
 
 
-def test_python_in_a_batch_script_of_two_tasks_fails_naming_srun_instead_of_training_alone():
+def test_python_in_a_batch_script_of_two_tasks_fails_naming_srun_instead_of_training_alone(tmp_path):
     batch = {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_ID": "7", "SLURM_NODELIST": "localhost"}
-    (r,) = _simulated([batch])
-    assert r.returncode != 0 and "not started by srun" in r.stderr
+    ((status, log),) = _simulated([batch], tmp_path)
+    assert status != 0 and "not started by srun" in log
 
 
 @pytest.mark.slow
@@ -162,21 +149,10 @@ def test_two_srun_tasks_train_one_run_together(assets, tmp_path):
            *_args(assets, out, "--ds", "ds_configs/zero2.json", "--max-steps", "2", "--val-samples", "-1")]
     base = {k: v for k, v in _env().items() if k not in LAUNCH_VARIABLES}
     port_ = str(free_port())
-    # Logs go to files: a full pipe that nobody reads would block one rank, and the other with it.
-    files = [(tmp_path / f"task{r}.log").open("w") for r in range(2)]
-    procs = [subprocess.Popen(cmd, env=base | srun_task(r, SLURM_NODELIST="localhost", MASTER_PORT=port_), cwd=ROOT,
-                              stdout=f, stderr=subprocess.STDOUT) for r, f in enumerate(files)]
-    try:
-        for p in procs:
-            p.wait(timeout=300)
-    finally:
-        for p, f in zip(procs, files):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            f.close()
-    logs = [(tmp_path / f"task{r}.log").read_text() for r in range(2)]
-    assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    done = run_together([(cmd, base | srun_task(r, SLURM_NODELIST="localhost", MASTER_PORT=port_)) for r in range(2)],
+                        tmp_path / "logs", ROOT)
+    logs = [log for _, log in done]
+    assert [rc for rc, _ in done] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     assert "rank 0 of 2" in logs[0] and "3 steps/epoch" in logs[0]
     assert "rank 0 of 2" not in logs[1]  # rank 1 does not log
     assert sorted(losses(out)) == [1, 2] and (out / "trainable.safetensors").is_file()
