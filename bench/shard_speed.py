@@ -9,7 +9,8 @@ decode scale skips, grows with its compressed size, so the speed-up depends on h
 so load on the machine hits both alike; speeds are CPU seconds of this one process (per core).
 
     python bench/shard_speed.py --images 24 --max-side 512 --grain 0.006 0.012
-Prints a JSON object per grain and a markdown table with date, machine and commit.
+Prints the provenance header first (bench/provenance.py), then a JSON object per grain and a markdown table;
+--json also writes the rows with the provenance.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import platform
-import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,28 +26,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, features
 
-from r2g.data.shard import encode_image
-from r2g.demo.toys import xray_like
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.provenance import start, write_json  # noqa: E402
+from r2g.data.shard import encode_image  # noqa: E402
+from r2g.demo.toys import xray_like  # noqa: E402
 
 MIMIC_SIZE = (2544, 3056)  # width, height
 MIMIC_IMAGES = 377_110
-
-
-def provenance() -> dict:
-    """Date, commit and machine, read now."""
-    root = Path(__file__).resolve().parents[1]
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()
-
-    cpuinfo = Path("/proc/cpuinfo")
-    models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-              if line.startswith("model name")] if cpuinfo.exists() else []
-    jpeg = f"libjpeg-turbo {features.version('jpg')}" if features.check_feature("libjpeg_turbo") else "libjpeg"
-    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "commit": git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "-uno") else ""),
-            "machine": f"{models[0] if models else platform.processor()}, {os.cpu_count()} cores, "
-                       f"Python {platform.python_version()}, Pillow {Image.__version__} ({jpeg})"}
 
 
 def measure(paths: list[Path], max_side: int, rounds: int) -> dict:
@@ -80,8 +65,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--max-side", type=int, default=512)
     ap.add_argument("--grain", type=float, nargs="+", default=[0.006, 0.012])
+    ap.add_argument("--json", help="also write the rows, with the provenance header, to this file")
     args = ap.parse_args()
-    prov = provenance()
+    provenance = start()
+    # The decoder is the figure's main cause: its library and version go with the rows.
+    jpeg = f"libjpeg-turbo {features.version('jpg')}" if features.check_feature("libjpeg_turbo") else "libjpeg"
+    decoder = f"Pillow {Image.__version__} ({jpeg})"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for grain in args.grain:
@@ -92,10 +81,10 @@ def main() -> None:
                 paths.append(path)
             mb = sum(p.stat().st_size for p in paths) / len(paths) / 1e6
             result = {"grain": grain, "mean_file_mb": round(mb, 2), "max_side": args.max_side,
-                      **measure(paths, args.max_side, args.rounds), **prov}
+                      "decoder": decoder, **measure(paths, args.max_side, args.rounds)}
             print(json.dumps(result))
             rows.append(result)
-    print(f"\n{prov['date']}, commit {prov['commit']}, {prov['machine']}")
+    print(f"\n{decoder}")
     print("| grain | mean file | full decode (img/s/core) | reduced decode (img/s/core) | speed-up | "
           "mean / p99.9 / max abs diff (grey levels) | MIMIC on 32 cores, before → after |")
     print("|---|---|---|---|---|---|---|")
@@ -103,6 +92,8 @@ def main() -> None:
         print(f"| {r['grain']} | {r['mean_file_mb']} MB | {r['full_per_core']} | {r['reduced_per_core']} | "
               f"{r['speedup']}× | {r['mean_abs_diff']} / {r['p999_abs_diff']:g} / {r['max_abs_diff']} | "
               f"{r['mimic_minutes_32_cores_before']} → {r['mimic_minutes_32_cores_after']} min |")
+    if args.json:
+        write_json(args.json, rows, provenance)
 
 
 if __name__ == "__main__":
