@@ -1,4 +1,4 @@
-"""Process-group setup that works the same under `deepspeed`, `torchrun` and plain `python`."""
+"""Process-group setup that works the same under `deepspeed`, `torchrun`, `srun`, `mpirun` and plain `python`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import torch
 
 from r2g.errors import AgreedError, R2GError
+from r2g.launch import detect_launch
 
 
 def free_port() -> int:
@@ -19,17 +20,18 @@ def free_port() -> int:
 
 
 def init_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, device). A plain `python cli/train.py` becomes a world of one."""
+    """(rank, world size, device). The ranks come from the launcher (r2g.launch: deepspeed, torchrun, srun or
+    mpirun); a plain `python cli/train.py` becomes a world of one, and a launch r2g cannot map is refused."""
     import deepspeed
 
-    if "RANK" not in os.environ:  # not launched by deepspeed/torchrun: a single local process
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
+    launch = detect_launch(os.environ, free_port)
+    os.environ.update(launch.torch_env())  # torch's env:// rendezvous reads these
     cuda = torch.cuda.is_available()
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     if cuda:
-        local = int(os.environ.get("LOCAL_RANK", 0))
+        # srun --gpus-per-task=1 shows each task only its own GPU (index 0), whatever its local rank.
+        local = launch.local_rank % torch.cuda.device_count()
         torch.cuda.set_device(local)
         return rank, world, torch.device("cuda", local)
     return rank, world, torch.device("cpu")

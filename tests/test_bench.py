@@ -26,7 +26,8 @@ pytestmark = pytest.mark.slow
 
 # Every runnable script in bench/ and the test here that runs it (a new bench needs a test that checks its header).
 BENCHES = {"train_step.py", "generate.py", "encoder_probe.py", "metrics.py", "label_stats.py", "length_grouping.py",
-           "grad_ckpt.py", "llm7b_zero3.py", "plan_check.py", "gpu_check.py", "intervals.py"}  # gpu_check: tests/test_gpu_check.py
+           "grad_ckpt.py", "llm7b_zero3.py", "plan_check.py", "gpu_check.py", "intervals.py",
+           "shard_speed.py"}  # gpu_check: tests/test_gpu_check.py
 
 
 def run_script(script: str, *args: str) -> str:
@@ -254,3 +255,10 @@ def test_grad_ckpt_bench_smoke(tmp_path):
     (row,) = rows
     assert row["mode"] == "shallow" and row["off_s"] > 0 and row["on_s"] > 0
     assert row["ratio"] == pytest.approx(row["on_s"] / row["off_s"])
+
+
+def test_shard_speed_compares_both_decodes_on_one_mimic_size_image(tmp_path):
+    rows = run_bench("shard_speed.py", tmp_path / "s.json", "--images", "1", "--grain", "0.003")["rows"]
+    (row,) = rows
+    assert row["images"] == 1 and row["max_side"] == 512 and row["full_per_core"] > 0 and row["reduced_per_core"] > 0
+    assert row["mean_file_mb"] > 0.1 and row["max_abs_diff"] <= 16

@@ -5,13 +5,14 @@ import json
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from r2g.data.annotation import load_annotation, sha256_file
 from r2g.data.reports import clean_report
-from r2g.data.shard import ShardOptions, shard_dataset, verify_shards
-from r2g.demo.toys import write_raw_dataset
+from r2g.data.shard import ShardOptions, encode_image, shard_dataset, verify_shards
+from r2g.demo.toys import write_raw_dataset, xray_like
 from r2g.errors import R2GError
 
 from .damage import flip_bit
@@ -94,6 +95,34 @@ def test_max_side_reencodes_only_larger_images(tmp_path):
     _shard(raw, tmp_path / "big", max_side=4096, dataset="mimic_cxr")
     members = _members(tmp_path / "big" / "train-000000.tar")
     assert members["s0000.0.jpg"] == (raw.parent / "images" / "s0000" / "0.jpg").read_bytes()
+
+
+@pytest.mark.parametrize("size, max_side, decoded", [((1272, 1528), 256, 382), ((1272, 1528), 512, 764),
+                                                     ((700, 500), 400, 700)])
+def test_a_jpeg_shrunk_by_a_reduced_scale_decode_matches_full_decode_and_resize(tmp_path, monkeypatch, size, max_side,
+                                                                                decoded):
+    """The reduced decode never goes below --max-side (1,528 → 382 for 256: 1/4, as 1/8 = 191 would be too small;
+    700 → 400 cannot use 1/2 = 350 and decodes in full), gives the same size as before, and stays within the
+    tolerance against full decode + resize: mean |diff| ≤ 1.5 grey levels, 99.9 % of pixels ≤ 8, none > 16."""
+    path = tmp_path / "x.jpg"
+    xray_like(size, grain=0.01).save(path, quality=95)
+    loads = []
+    load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda im: (loads.append(im.size), load(im))[1])
+    fast = Image.open(io.BytesIO(encode_image(path, max_side)[1]))
+    assert max(loads[0]) == decoded  # what the decoder produced, before the resize
+    full = Image.open(io.BytesIO(encode_image(path, max_side, reduced_decode=False)[1]))
+    assert fast.size == full.size and max(fast.size) == max_side and fast.mode == "L"
+    diff = np.abs(np.asarray(fast, np.int16) - np.asarray(full, np.int16))
+    assert diff.mean() <= 1.5 and np.percentile(diff, 99.9) <= 8 and diff.max() <= 16, (diff.mean(), diff.max())
+
+
+def test_a_truncated_jpeg_fails_under_the_reduced_decode_too(tmp_path):
+    path = tmp_path / "x.jpg"
+    xray_like((640, 800), grain=0.01).save(path, quality=95)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match="undecodable image"):
+        encode_image(path, 128)
 
 
 def _break(raw: Path):

@@ -53,6 +53,23 @@ def write_raw_dataset(root: Path, per_split=(6, 2, 3), two_views_every=2, size=3
 TINY_VISION_KWARGS = {"img_size": 64, "window_size": 2, "embed_dim": 32, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8]}
 
 
+def xray_like(size: tuple[int, int], grain: float, seed: int = 0) -> Image.Image:
+    """A grayscale (width, height) image with an X-ray's kinds of content, for decode speed and quality checks:
+    smooth shading (lungs, mediastinum), rib-like bands, a coarse texture and per-pixel grain of std `grain`
+    (in units of full scale). The grain sets how much a JPEG of it weighs, and so how long it takes to decode."""
+    w, h = size
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    u, v = x / w - 0.5 + rng.normal(0, 0.02), y / h - 0.5
+    img = 0.75 - 0.35 * np.exp(-(((np.abs(u) - 0.2) / 0.16) ** 2 + ((v + 0.02) / 0.3) ** 2))  # darker lungs
+    img += 0.08 * np.sin(2 * np.pi * (v * 14 + 3 * u ** 2)) * (np.abs(u) > 0.05)  # ribs
+    img += 0.25 * np.exp(-((u / 0.07) ** 2))  # mediastinum
+    coarse = rng.normal(0, 1, (h // 16 + 1, w // 16 + 1)).astype(np.float32)
+    img += 0.03 * np.kron(coarse, np.ones((16, 16), np.float32))[:h, :w]
+    img += grain * rng.normal(0, 1, (h, w)).astype(np.float32)
+    return Image.fromarray(np.clip(img * 255, 0, 255).astype(np.uint8), "L")
+
+
 def write_tiny_llm(folder: Path, corpus: list[str], hidden: int = 64, layers: int = 2) -> Path:
     """A random-init Llama + a BPE tokenizer trained on `corpus`, saved as a local HF folder.
 

@@ -25,6 +25,7 @@ from r2g.precision import Precision, resolve_precision
 from r2g.train.checkpoint import (RECORD, export_trainable, exported_best, gather_trainable, latest_checkpoint,
                                   record_resume, resume, resumed_changes, save_resumable)
 from r2g.train.logger import RunLogger
+from r2g.train.resume_world import check_resume_world
 from r2g.train.validate import check_select_metric, selection_value, validate
 
 
@@ -156,6 +157,8 @@ def run(cfg: RunConfig) -> dict:
         n_val = val_study_count(t.val_samples, t.val_fraction, val_split.samples)
     steps_per_epoch = max(1, n_train // (world * t.micro_batch * t.grad_accum))
     total_steps = t.max_steps or t.epochs * steps_per_epoch
+    if t.resume:
+        check_resume_world(out, world, t.micro_batch * t.grad_accum)  # before DeepSpeed's own traceback
     ds = load_ds_config(t.ds_config)
     stage = zero_stage(ds)  # the precision depends on it (bf16-mixed needs ZeRO-0/1/2)
     precision = resolve_precision(t.precision, device, stage)
