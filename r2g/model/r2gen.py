@@ -153,6 +153,22 @@ class R2GenGPT(nn.Module):
 
     # ------------------------------------------------------------------------------ trainable state
 
+    def to_bf16(self) -> "R2GenGPT":
+        """Every weight in bf16 (precision "bf16": DeepSpeed keeps fp32 masters of the trainables) with the LLM's
+        buffers left as transformers built them: Llama's rotary `inv_freq` stays fp32, since bf16-rounded
+        frequencies rotate positions differently, the more so the further into the sequence. Swin's floating
+        buffers (the shifted windows' `attn_mask`) follow its weights: attention wants the mask in the queries'
+        dtype. Called before `deepspeed.initialize`, not left to it: under ZeRO-3 the engine casts nothing
+        once the LLM is partitioned, and its `buffer_dtype` would cast every buffer. A parameter ZeRO-3 has
+        already partitioned (the frozen LLM's, loaded in bf16) is left alone: its data is an empty stub."""
+        self.vision.to(torch.bfloat16)
+        self.mapper.to(torch.bfloat16)
+        with torch.no_grad():
+            for p in self.llm.parameters():  # LoRA weights: peft keeps adapters fp32 in a bf16 model
+                if not hasattr(p, "ds_id") and p.is_floating_point():
+                    p.data = p.data.to(torch.bfloat16)
+        return self
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters the optimizer updates (mode-dependent; the LLM's own weights never)."""
         return [p for p in self.parameters() if p.requires_grad]

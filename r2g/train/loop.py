@@ -110,15 +110,31 @@ def validate_and_export(engine, val_loader, cfg: RunConfig, precision: Precision
     return best
 
 
+def build_engine(cfg: RunConfig, ds: dict, precision: Precision, scheduler_factory=None):
+    """(the DeepSpeed engine training `cfg.model` under the filled config `ds`, its lr scheduler or None). Under
+    ZeRO-3 the LLM loads partitioned (the HfDeepSpeedConfig is alive across build_model). Precision "bf16" casts
+    the weights here (R2GenGPT.to_bf16) rather than through DeepSpeed, so that the LLM's rotary buffers stay
+    fp32 and the trainables are bf16 under ZeRO-3 too."""
+    import deepspeed
+    from transformers.integrations import HfDeepSpeedConfig
+
+    from r2g.model.r2gen import build_model
+
+    hf_ds = HfDeepSpeedConfig(ds) if zero_stage(ds) == 3 else None  # noqa: F841
+    model = build_model(cfg.model, dtype=precision.llm_dtype)
+    if precision.ds_bf16:
+        model.to_bf16()
+    engine, _, _, scheduler = deepspeed.initialize(model=model, model_parameters=model.trainable_parameters(),
+                                                   config=ds, lr_scheduler=scheduler_factory)
+    return engine, scheduler
+
+
 def run(cfg: RunConfig) -> dict:
     """Train; returns {"steps", "best", "final_loss"}. Resumes from `cfg.train.out` when `cfg.train.resume`."""
-    import deepspeed
     from transformers import set_seed
-    from transformers.integrations import HfDeepSpeedConfig
 
     from r2g.model.flops import FlopCounts, peak_flops
     from r2g.model.llm import config_hash
-    from r2g.model.r2gen import build_model
     from r2g.train.meter import ThroughputMeter
     from r2g.train.schedule import epoch_cosine
 
@@ -152,15 +168,11 @@ def run(cfg: RunConfig) -> dict:
     precision = resolve_precision(t.precision, device, stage)
     ds = fill_ds_config(ds, t.ds_config, cfg, world, total_steps, precision.ds_bf16)
 
-    # Model: keep the HfDeepSpeedConfig alive across build_model so ZeRO-3 partitions the LLM at load.
-    hf_ds = HfDeepSpeedConfig(ds) if stage == 3 else None  # noqa: F841
-    model = build_model(cfg.model, dtype=precision.llm_dtype)
-    table = model.param_table()
     scheduler_factory = None
     if t.lr_schedule == "epoch_cosine":
         scheduler_factory = lambda opt: epoch_cosine(opt, t.lr, t.min_lr, steps_per_epoch, t.epochs)  # noqa: E731
-    engine, _, _, scheduler = deepspeed.initialize(model=model, model_parameters=model.trainable_parameters(),
-                                                   config=ds, lr_scheduler=scheduler_factory)
+    engine, scheduler = build_engine(cfg, ds, precision, scheduler_factory)
+    model, table = engine.module, engine.module.param_table()
     if rank == 0:
         write_run_config(out, cfg, config_hash(cfg.model.llm))
 
