@@ -22,6 +22,19 @@ def per_rank_limit(total: int, world: int) -> int:
     return -(-total // world) if total else 0
 
 
+def _limited(batches: Iterable[dict], max_samples: int):
+    """The batches, the last one cut so that together they hold at most `max_samples` studies (0 = no limit)."""
+    n_studies = 0
+    for batch in batches:
+        if max_samples and n_studies >= max_samples:
+            return
+        if max_samples and n_studies + len(batch["ids"]) > max_samples:
+            keep = max_samples - n_studies
+            batch = {k: v[:keep] for k, v in batch.items()}
+        n_studies += len(batch["ids"])
+        yield batch
+
+
 def decode(
     model,
     batches: Iterable[dict],
@@ -33,34 +46,31 @@ def decode(
     synced: bool = False,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[dict]:
-    """[{id, prediction, reference}] for this rank's batches (all ranks' rows, in id order, if `distributed`)."""
-    local, n_studies = [], 0
-    for batch in batches:
-        if max_samples and n_studies >= max_samples:
-            break
-        if max_samples and n_studies + len(batch["ids"]) > max_samples:  # cut the last batch to the limit
-            keep = max_samples - n_studies
-            batch = {k: v[:keep] for k, v in batch.items()}
-        local.append(batch)
-        n_studies += len(batch["ids"])
-    rows: list[dict] = []
-    n_batches = len(local)
-    if distributed:
-        from r2g.dist import all_max
+    """[{id, prediction, reference}] for this rank's batches (all ranks' rows, in id order, if `distributed`).
+    Batches are decoded as they arrive: a rank holds one batch of images at a time, not its whole share."""
+    from r2g.dist import all_max, gather_objects
 
-        n_batches = all_max(n_batches)
-        if all_max(int(not local)):  # every rank learns it, so none is left waiting in a collective
+    stream = _limited(batches, max_samples)
+    batch = next(stream, None)
+    if distributed:
+        if all_max(int(batch is None)):  # every rank learns it, so none is left waiting in a collective
             raise R2GError("a rank got no studies to decode: the split has fewer studies than ranks; use fewer processes")
-    for i in range(n_batches):
-        batch = local[min(i, len(local) - 1)]
-        images = batch["images"].to(device, dtype)
-        preds = model.generate(images, batch["view_mask"].to(device), gen, synced_gpus=synced)
-        if i < len(local):
+    rows: list[dict] = []
+    last = None
+    while True:
+        if synced:  # every rank runs every forward pass: all go on while any rank has a batch left
+            if not all_max(int(batch is not None)):
+                break
+        elif batch is None:
+            break
+        own = batch is not None
+        last = batch if own else last  # a rank that is done repeats its last batch and drops the output
+        preds = model.generate(last["images"].to(device, dtype), last["view_mask"], gen, synced_gpus=synced)
+        if own:
             rows += [{"id": i_, "prediction": p, "reference": r} for i_, p, r in zip(batch["ids"], preds, batch["reports"])]
             if on_batch:
                 on_batch(len(preds))
+            batch = next(stream, None)
     if distributed:
-        from r2g.dist import gather_objects
-
         rows = [row for part in gather_objects(rows) for row in part]
     return sorted(rows, key=lambda r: r["id"])
