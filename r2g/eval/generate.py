@@ -70,7 +70,7 @@ def generate_reports(run: LoadedRun, studies: list[list[Path]]) -> list[dict]:
             for i, paths in enumerate(chunk)
         ])
         with precision.autocast(device):
-            reports = model.generate(batch["images"].to(device, precision.input_dtype), batch["view_mask"].to(device), gen,
+            reports = model.generate(batch["images"].to(device, precision.input_dtype), batch["view_mask"], gen,
                                      synced_gpus=run.synced)
         results += [{"images": [str(p) for p in paths], "report": r} for paths, r in zip(chunk, reports)]
     return results

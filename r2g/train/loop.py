@@ -59,11 +59,13 @@ def micro_batches(loader, pipeline, steps_per_epoch: int, accum: int, start_step
 
 def model_inputs(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
     """The model's forward arguments on `device`, from a batch of a loader given the model's `report_encoder`
-    (its workers have already built the text tensors)."""
+    (its workers have already built the text tensors). The masks stay on the CPU, where the model checks and
+    indexes them without waiting on the device."""
+    masks = {"view_mask": batch["view_mask"], "image_positions": batch["text"]["image_positions"]}
     return {
         "images": batch["images"].to(device, dtype, non_blocking=True),
-        "view_mask": batch["view_mask"].to(device, non_blocking=True),
-        **{k: v.to(device, non_blocking=True) for k, v in batch["text"].items()},
+        **{k: v.to(device, non_blocking=True) for k, v in batch["text"].items() if k not in masks},
+        **masks,
     }
 
 
