@@ -410,6 +410,9 @@ def test_flops_formula_on_hand_numbers():
     expected = 4 * 1000 * 10 + 12 * 2 * 10 * 10 * 8 + 2 * 500 * 2 + 6 * 4 * 8 * 3
     assert train_flops_per_sample(counts, seq_len=10, n_visual=3, n_images=2) == expected
     assert peak_flops("NVIDIA H100 80GB HBM3") == 989e12 and peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert peak_flops("NVIDIA H100 NVL") == peak_flops("NVIDIA H200 NVL") == 835e12  # not the SXM parts' 989
+    assert peak_flops("NVIDIA B200") == 2250e12 and peak_flops("NVIDIA GB200") == 2500e12
+    assert peak_flops("NVIDIA GH200 480GB") == 989e12 and peak_flops("NVIDIA L4") is None
     assert peak_flops("cpu") is None and mfu(1e12, None) is None
     assert mfu(494.5e12, peak_flops("NVIDIA H200")) == 0.5
 
