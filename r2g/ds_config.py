@@ -110,10 +110,14 @@ def load_inference_ds_config(path: str | Path) -> dict:
 
 def fill_inference_ds_config(ds: dict, micro_batch: int, world: int, bf16: bool) -> dict:
     """`ds` (from load_inference_ds_config) ready for `deepspeed.initialize` without an optimizer: the training
-    keys dropped, the batch keys filled (DeepSpeed checks them even when nothing trains)."""
+    keys dropped, the batch keys filled (DeepSpeed checks them even when nothing trains). Without DeepSpeed's
+    memory-efficient linear, which replaces torch's F.linear process-wide by matmul + bias add so that autograd
+    keeps no gathered weight: decoding has no autograd, and with torch's own F.linear the partitioned model
+    computes exactly what the whole one does (in bf16 the two round differently)."""
     ds = {k: v for k, v in ds.items() if k not in ("optimizer", "scheduler", "gradient_clipping")}
     ds.update(train_micro_batch_size_per_gpu=micro_batch, gradient_accumulation_steps=1,
-              train_batch_size=micro_batch * world, bf16={"enabled": bf16})
+              train_batch_size=micro_batch * world, bf16={"enabled": bf16},
+              zero_optimization={**ds.get("zero_optimization", {}), "memory_efficient_linear": False})
     return ds
 
 

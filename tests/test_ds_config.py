@@ -63,6 +63,6 @@ def test_an_inference_config_is_zero3_without_the_training_keys():
     assert not {"optimizer", "scheduler", "gradient_clipping"} & set(ds)
     assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (4, 1, 8)
     assert ds["bf16"] == {"enabled": True} and "data_types" not in ds
-    assert ds["zero_optimization"]["stage"] == 3
+    assert ds["zero_optimization"]["stage"] == 3 and ds["zero_optimization"]["memory_efficient_linear"] is False
     with pytest.raises(R2GError, match=r"zero2.json: --ds partitions the model .* needs ZeRO-3 .* has stage 2"):
         load_inference_ds_config("zero2.json")
