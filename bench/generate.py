@@ -53,6 +53,8 @@ def random_run(reports: int, new_tokens: int, s=None) -> tuple:
     `reports` one-view studies of random pixels."""
     device, precision = inference_placement()  # as r2g eval and r2g generate
     model, image_size = tiny_model(device, precision.llm_dtype, s)
+    if precision.ds_bf16:  # as load_for_inference: Swin and the trainables in bf16 too
+        model.to_bf16()
     gen = GenerateConfig(min_new_tokens=new_tokens, max_new_tokens=new_tokens)
     return model.to(device), precision, gen, random_studies(reports, image_size)
 
@@ -106,7 +108,7 @@ def generate_all(model, studies: list[list[torch.Tensor]], gen: GenerateConfig, 
     for start in range(0, len(studies), batch_size):
         batch = collate([{"id": str(i), "views": views, "report": "", "labels": None}
                          for i, views in enumerate(studies[start : start + batch_size])])
-        reports += model.generate(batch["images"].to(device, dtype), batch["view_mask"].to(device), gen)
+        reports += model.generate(batch["images"].to(device, dtype), batch["view_mask"], gen)  # mask on the CPU, as r2g eval
     return reports
 
 

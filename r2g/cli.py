@@ -574,7 +574,7 @@ def plan(
                                                          "train studies."),
     studies: Optional[int] = typer.Option(None, help="Train studies per epoch [MIMIC-CXR 270,790; IU-Xray 2,069]."),
     mfu: float = typer.Option(0.40, help="Assumed model FLOPs utilisation (0-1) for the time estimate."),
-    gpu: str = typer.Option("H100", help="GPU name for its bf16 peak (H100, H100 PCIe, H200, A100)."),
+    gpu: str = typer.Option("H100", help="GPU name for its bf16 peak (H100, H100 NVL, H200, B200, A100, ...: r2g/model/flops.py)."),
     gpu_tflops: Optional[float] = typer.Option(None, help="Peak TFLOP/s per GPU, instead of --gpu's."),
     device: str = typer.Option("cuda", help="cuda, or cpu: a CPU process as r2g trains there (fp32, no CUDA context)."),
     json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON instead of a table."),
@@ -582,14 +582,14 @@ def plan(
 ):
     """Will a training run fit in GPU memory, and how long will an epoch take? (no GPU, no weights needed)"""
     from r2g.config import ModelConfig, TrainConfig, dataset_name
-    from r2g.model.flops import peak_flops
+    from r2g.model.flops import PEAK_FLOPS, peak_flops
     from r2g.plan import GIB, Setup, estimate, load_llm_shape, vision_shape
 
     if device not in ("cuda", "cpu"):
         raise R2GError(f"--device '{device}': choose cuda or cpu")
     peak = gpu_tflops * 1e12 if gpu_tflops else (peak_flops(gpu) if device == "cuda" else None)
     if device == "cuda" and peak is None:
-        raise R2GError(f"--gpu '{gpu}': unknown peak; name H100, H100 PCIe, H200 or A100, or pass --gpu-tflops")
+        raise R2GError(f"--gpu '{gpu}': unknown peak; name one of {', '.join(PEAK_FLOPS)}, or pass --gpu-tflops")
     given = config_overrides(settings)
     model, train = ModelConfig(**given.get("model", {})), TrainConfig(**given.get("train", {}))
     setup = Setup.from_config(model, train, gpus=gpus, nodes=nodes, mem_gib=gpu_mem, dataset=dataset_name(dataset),

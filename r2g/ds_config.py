@@ -81,17 +81,18 @@ def fill_ds_config(ds: dict, path: str | Path, cfg: RunConfig, world: int, total
     _fill(bf16_section, "enabled", bf16, "bf16.enabled", "--precision", conflicts)
     if ds.get("fp16", {}).get("enabled") is True and bf16:
         conflicts.append("fp16.enabled is true but --precision resolves to bf16")
-    _bf16_buffers(ds, bf16)
+    _check_buffer_dtype(ds, path)
     if conflicts:
         raise R2GError(f"{path} conflicts with the command line: " + "; ".join(conflicts) + '. Set those keys to "auto" or change the flags.')
     return ds
 
 
-def _bf16_buffers(ds: dict, bf16: bool) -> None:
-    if bf16:
-        # timm Swin keeps its shifted-window attention mask as a buffer; DeepSpeed casts parameters, not
-        # buffers, so without this the masked matmul mixes fp32 and bf16 and fails.
-        ds.setdefault("data_types", {}).setdefault("buffer_dtype", "bf16")
+def _check_buffer_dtype(ds: dict, path: str | Path) -> None:
+    """data_types.buffer_dtype makes DeepSpeed cast every floating buffer, the LLM's rotary frequencies too, which
+    must stay fp32 (R2GenGPT.to_bf16 casts the buffers that need bf16 itself)."""
+    if ds.get("data_types", {}).get("buffer_dtype") is not None:
+        raise R2GError(f"{find_ds_config(path)}: data_types.buffer_dtype would cast every buffer, the LLM's fp32 "
+                       "rotary frequencies included (r2g casts Swin's buffers itself); remove it")
 
 
 def load_inference_ds_config(path: str | Path) -> dict:
@@ -103,16 +104,20 @@ def load_inference_ds_config(path: str | Path) -> dict:
         raise R2GError(f"{find_ds_config(path)}: --ds partitions the model for eval and generate, which needs ZeRO-3 "
                        f"(zero_optimization.stage 3, as in ds_configs/zero3.json); this config has stage "
                        f"{zero_stage(ds)}. Without --ds every rank holds the whole model.")
+    _check_buffer_dtype(ds, path)
     return ds
 
 
 def fill_inference_ds_config(ds: dict, micro_batch: int, world: int, bf16: bool) -> dict:
     """`ds` (from load_inference_ds_config) ready for `deepspeed.initialize` without an optimizer: the training
-    keys dropped, the batch keys filled (DeepSpeed checks them even when nothing trains)."""
+    keys dropped, the batch keys filled (DeepSpeed checks them even when nothing trains). Without DeepSpeed's
+    memory-efficient linear, which replaces torch's F.linear process-wide by matmul + bias add so that autograd
+    keeps no gathered weight: decoding has no autograd, and with torch's own F.linear the partitioned model
+    computes exactly what the whole one does (in bf16 the two round differently)."""
     ds = {k: v for k, v in ds.items() if k not in ("optimizer", "scheduler", "gradient_clipping")}
     ds.update(train_micro_batch_size_per_gpu=micro_batch, gradient_accumulation_steps=1,
-              train_batch_size=micro_batch * world, bf16={"enabled": bf16})
-    _bf16_buffers(ds, bf16)
+              train_batch_size=micro_batch * world, bf16={"enabled": bf16},
+              zero_optimization={**ds.get("zero_optimization", {}), "memory_efficient_linear": False})
     return ds
 
 

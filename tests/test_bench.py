@@ -96,6 +96,21 @@ def test_train_step_per_mode_at_tiny_shapes(tmp_path):
     assert modes["shallow"]["trainable_params"] < modes["delta"]["trainable_params"] < modes["deep"]["trainable_params"]
 
 
+def test_generate_bench_decodes_in_the_precision_r2g_eval_uses(monkeypatch):
+    """On a GPU (here bf16 on the CPU) the tiny model decodes as `r2g eval` loads a bf16 run: Swin and the mapper
+    bf16 too, the LLM's rotary frequencies fp32."""
+    import torch
+
+    from bench import generate as bench_generate
+    from r2g.precision import resolve_precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(bench_generate, "inference_placement", lambda: (cpu, resolve_precision("bf16", cpu)))
+    model, precision, _, _ = bench_generate.random_run(reports=1, new_tokens=2)
+    assert precision.name == "bf16" and {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert {b.dtype for n, b in model.llm.named_buffers() if "inv_freq" in n} == {torch.float32}
+
+
 def test_generate_batched_vs_single_on_the_tiny_model(tmp_path):
     r = run_bench("generate.py", tmp_path / "g.json", "--reports", "4", "--batch-size", "2", "--new-tokens", "5")
     batched, single = r["batched"], r["single"]

@@ -18,7 +18,17 @@ def test_auto_values_come_from_the_config():
     ds = resolve_ds_config(ZERO2, cfg, world=4, total_steps=100, bf16=True)
     assert ds["train_micro_batch_size_per_gpu"] == 6 and ds["train_batch_size"] == 48
     assert ds["optimizer"]["params"]["lr"] == 3e-4 and ds["scheduler"]["params"]["total_num_steps"] == 100
-    assert ds["bf16"]["enabled"] is True and ds["data_types"]["buffer_dtype"] == "bf16"
+    # bf16 leaves buffers to r2g: DeepSpeed's buffer_dtype would cast the LLM's fp32 rotary frequencies too
+    assert ds["bf16"]["enabled"] is True and "data_types" not in ds
+
+
+def test_buffer_dtype_is_refused_for_training_and_inference(tmp_path):
+    ds = json.loads((SHIPPED / "zero3.json").read_text()) | {"data_types": {"buffer_dtype": "bf16"}}
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(ds))
+    for load in (lambda: resolve_ds_config(path, RunConfig(), 1, 10, True), lambda: load_inference_ds_config(path)):
+        with pytest.raises(R2GError, match=r"ds.json: data_types.buffer_dtype would cast every buffer, the LLM's fp32 rotary"):
+            load()
 
 
 def test_zero_warmup_becomes_one_step():
@@ -52,7 +62,7 @@ def test_an_inference_config_is_zero3_without_the_training_keys():
     ds = fill_inference_ds_config(load_inference_ds_config("zero3.json"), micro_batch=4, world=2, bf16=True)
     assert not {"optimizer", "scheduler", "gradient_clipping"} & set(ds)
     assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (4, 1, 8)
-    assert ds["bf16"] == {"enabled": True} and ds["data_types"]["buffer_dtype"] == "bf16"
-    assert ds["zero_optimization"]["stage"] == 3
+    assert ds["bf16"] == {"enabled": True} and "data_types" not in ds
+    assert ds["zero_optimization"]["stage"] == 3 and ds["zero_optimization"]["memory_efficient_linear"] is False
     with pytest.raises(R2GError, match=r"zero2.json: --ds partitions the model .* needs ZeRO-3 .* has stage 2"):
         load_inference_ds_config("zero2.json")

@@ -254,6 +254,33 @@ def test_a_run_decodes_in_the_precision_it_trained_in(run_dir, tmp_path):
     assert precision.autocast_dtype == torch.bfloat16 and precision.input_dtype == torch.float32
 
 
+def test_a_bf16_run_decodes_the_same_reports_whole_and_partitioned(run_dir, tmp_path):
+    """A run trained in precision bf16 decodes with every weight in bf16 and the LLM's rotary frequencies in fp32
+    (as transformers computes them), whether the process holds the model whole or ZeRO-3 partitions it (--ds),
+    so both ways give the same reports and scores."""
+    run = tmp_path / "bf16-run"
+    run.mkdir()
+    cfg = json.loads((run_dir / "r2g_config.json").read_text())
+    cfg["train"]["precision"] = "bf16"
+    (run / "r2g_config.json").write_text(json.dumps(cfg))
+    shutil.copy(run_dir / "trainable.safetensors", run)
+    model, precision = load_for_inference(open_run(run), torch.device("cpu"))
+    assert precision.name == "bf16" and {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert {b.dtype for n, b in model.llm.named_buffers() if "inv_freq" in n} == {torch.float32}
+
+    common = ("eval", "--ckpt", str(run), "--no-meteor", "--workers", "1", "--num-beams", "2", "--max-new-tokens", "8",
+              "--min-new-tokens", "1")
+    for name, extra in (("whole", ()), ("partitioned", ("--ds", "ds_configs/zero3.json"))):
+        r = r2g(*common, *extra, "--out", str(tmp_path / name))
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    whole, partitioned = ([json.loads(line) for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
+                          for name in ("whole", "partitioned"))
+    assert len(whole) == 4 and partitioned == whole
+    scores = [{k: v for k, v in json.loads((tmp_path / name / "metrics.json").read_text()).items() if k != "inference"}
+              for name in ("whole", "partitioned")]
+    assert scores[0] == scores[1]
+
+
 def test_generate_builds_the_model_where_inference_placement_says(run_dir, assets, tmp_path, monkeypatch):
     # `r2g generate` used to build the model in fp32 on the CPU whatever the machine; it now goes through the
     # shared loader, so a GPU placement (here bf16, on the CPU so that the test needs no GPU) reaches the model.

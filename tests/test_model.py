@@ -298,6 +298,21 @@ def test_report_encoder_gives_the_batch_the_model_expects(tokenizer, view_merge)
 def test_visual_token_count_must_match_placeholders():
     with pytest.raises(ValueError, match="slots: 5, tokens: 6"):
         merge_visual(torch.zeros(1, 8, 4), torch.ones(2, 3, 4), torch.tensor([[True] * 5 + [False] * 3]))
+    with pytest.raises(ValueError, match="slots: 6, tokens: 6"):  # the right total, but not 3 in each row
+        merge_visual(torch.zeros(2, 8, 4), torch.ones(2, 3, 4), torch.tensor([[True] * 4 + [False] * 4, [True] * 2 + [False] * 6]))
+    embeds = merge_visual(torch.zeros(2, 4, 1), torch.arange(4.0).view(2, 2, 1), torch.tensor([[1, 0, 1, 0], [0, 1, 1, 0]]).bool())
+    assert embeds.flatten().tolist() == [0, 0, 1, 0, 0, 2, 3, 0]  # row-major, each row's tokens in its own slots
+
+
+def test_the_masks_are_read_on_the_cpu_not_from_the_device(tokenizer):
+    """view_mask and image_positions are checked and turned into indices where the loader and build_batch make
+    them, on the CPU: with the model and its tensor inputs on the meta device (which holds no values, so reading
+    one back fails as a GPU->CPU copy would stall) the visual tokens still go into their slots."""
+    model = build_model(micro_cfg(), llm=tiny_llama(tokenizer), tokenizer=tokenizer).to("meta")
+    x, mask = images()
+    batch = build_batch(tokenizer, REPORTS[:2], model.num_visual_tokens(2), micro_cfg())
+    embeds = model.input_embeds(x.to("meta"), mask, batch["input_ids"].to("meta"), batch["image_positions"])
+    assert embeds.device.type == "meta" and embeds.shape == (*batch["input_ids"].shape, 64)
 
 
 def test_trainable_state_round_trip_and_strictness(tokenizer):
@@ -395,6 +410,9 @@ def test_flops_formula_on_hand_numbers():
     expected = 4 * 1000 * 10 + 12 * 2 * 10 * 10 * 8 + 2 * 500 * 2 + 6 * 4 * 8 * 3
     assert train_flops_per_sample(counts, seq_len=10, n_visual=3, n_images=2) == expected
     assert peak_flops("NVIDIA H100 80GB HBM3") == 989e12 and peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert peak_flops("NVIDIA H100 NVL") == peak_flops("NVIDIA H200 NVL") == 835e12  # not the SXM parts' 989
+    assert peak_flops("NVIDIA B200") == 2250e12 and peak_flops("NVIDIA GB200") == 2500e12
+    assert peak_flops("NVIDIA GH200 480GB") == 989e12 and peak_flops("NVIDIA L4") is None
     assert peak_flops("cpu") is None and mfu(1e12, None) is None
     assert mfu(494.5e12, peak_flops("NVIDIA H200")) == 0.5
 

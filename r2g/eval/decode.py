@@ -22,6 +22,19 @@ def per_rank_limit(total: int, world: int) -> int:
     return -(-total // world) if total else 0
 
 
+def _limited(batches: Iterable[dict], max_samples: int):
+    """The batches, the last one cut so that together they hold at most `max_samples` studies (0 = no limit)."""
+    n_studies = 0
+    for batch in batches:
+        if max_samples and n_studies >= max_samples:
+            return
+        if max_samples and n_studies + len(batch["ids"]) > max_samples:
+            keep = max_samples - n_studies
+            batch = {k: v[:keep] for k, v in batch.items()}
+        n_studies += len(batch["ids"])
+        yield batch
+
+
 def decode(
     model,
     batches: Iterable[dict],
@@ -34,35 +47,40 @@ def decode(
     on_batch: Callable[[int], None] | None = None,
 ) -> list[dict]:
     """[{id, prediction, reference}] for this rank's batches (all ranks' rows, in id order, if `distributed`).
+    Batches are decoded as they arrive: a rank holds one batch of images at a time, not its whole share.
 
-    `distributed`: a rank whose batches fail to load (a sample that does not decode) or that gets none stops
-    every rank with the same error, before any of them enters a collective."""
-    from r2g.dist import all_max, fail_together
+    `distributed`: the ranks step through their batches together, so that a rank whose next batch fails to load
+    (a sample that does not decode) or that gets none stops every rank with the same error, and no rank is left
+    waiting in a collective: two small all-reduces per batch."""
+    from r2g.dist import all_max, fail_together, gather_objects, raise_together
 
-    local, n_studies = [], 0
-    with fail_together(distributed):
-        for batch in batches:
-            if max_samples and n_studies >= max_samples:
-                break
-            if max_samples and n_studies + len(batch["ids"]) > max_samples:  # cut the last batch to the limit
-                keep = max_samples - n_studies
-                batch = {k: v[:keep] for k, v in batch.items()}
-            local.append(batch)
-            n_studies += len(batch["ids"])
-        if distributed and not local:
-            raise R2GError("a rank got no studies to decode: the split has fewer studies than ranks; use fewer processes")
+    stream = _limited(batches, max_samples)
+
+    def next_batch() -> dict | None:
+        with fail_together(distributed):
+            return next(stream, None)
+
+    batch = next_batch()
+    if distributed:
+        raise_together(R2GError("a rank got no studies to decode: the split has fewer studies than ranks; use fewer "
+                                "processes") if batch is None else None)
     rows: list[dict] = []
-    n_batches = all_max(len(local)) if distributed else len(local)
-    for i in range(n_batches):
-        batch = local[min(i, len(local) - 1)]
-        images = batch["images"].to(device, dtype)
-        preds = model.generate(images, batch["view_mask"].to(device), gen, synced_gpus=synced)
-        if i < len(local):
+    last = None
+    while True:
+        if distributed:  # all go on while any rank has a batch left
+            if not all_max(int(batch is not None)):
+                break
+        elif batch is None:
+            break
+        own = batch is not None
+        last = batch if own else last
+        if own or synced:  # under ZeRO-3 every rank runs every forward: one that is done repeats its last batch
+            preds = model.generate(last["images"].to(device, dtype), last["view_mask"], gen, synced_gpus=synced)
+        if own:
             rows += [{"id": i_, "prediction": p, "reference": r} for i_, p, r in zip(batch["ids"], preds, batch["reports"])]
             if on_batch:
                 on_batch(len(preds))
+        batch = next_batch()  # on every rank each round when distributed: it holds a collective
     if distributed:
-        from r2g.dist import gather_objects
-
         rows = [row for part in gather_objects(rows) for row in part]
     return sorted(rows, key=lambda r: r["id"])

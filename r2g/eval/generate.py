@@ -52,8 +52,8 @@ def reports_for_images(run: LoadedRun, studies: list[list[Image.Image]], gen: Ge
             for i, views in enumerate(chunk)
         ])
         with precision.autocast(device):
-            reports += model.generate(batch["images"].to(device, precision.input_dtype), batch["view_mask"].to(device),
-                                      gen, synced_gpus=run.synced)
+            reports += model.generate(batch["images"].to(device, precision.input_dtype), batch["view_mask"], gen,
+                                      synced_gpus=run.synced)
     return reports
 
 

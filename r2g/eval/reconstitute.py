@@ -149,8 +149,8 @@ def load_for_inference(folder: RunFolder, device: torch.device | None = None):
     device, precision = inference_placement(folder.cfg.train.precision, device)
     model = build_model(folder.cfg.model, dtype=precision.llm_dtype)
     model.load_trainable_state_dict(trained_weights(folder))
-    if precision.ds_bf16:  # DeepSpeed's bf16 mode trained every weight in bf16, the trainables included
-        model.to(torch.bfloat16)
+    if precision.ds_bf16:  # trained with every weight in bf16, the LLM's rotary buffers fp32 (R2GenGPT.to_bf16)
+        model.to_bf16()
     return model.to(device).eval(), precision
 
 
@@ -185,6 +185,8 @@ def load_partitioned_for_inference(folder: RunFolder, ds: dict, world: int, batc
     hf_ds = HfDeepSpeedConfig(ds)  # noqa: F841  (alive while the model builds, so the LLM loads partitioned)
     model = build_model(folder.cfg.model, dtype=precision.llm_dtype)
     model.load_trainable_state_dict(trained_weights(folder))  # whole still: deepspeed.initialize partitions them
+    if precision.ds_bf16:  # as load_for_inference: the engine would leave Swin and the trainables fp32
+        model.to_bf16()
     engine = deepspeed.initialize(model=model.eval(), config=ds)[0]
     return engine, precision
 

@@ -27,19 +27,27 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from r2g.config import ModelConfig
 
-# Dense bf16 tensor-core peak FLOP/s by CUDA device name; the first key found in the name wins.
+# Dense bf16 tensor-core peak FLOP/s by CUDA device name: NVIDIA's datasheets, which state the peaks with 2:4
+# structured sparsity, halved. The longest key found in the name wins ("H100 NVL" before "H100", "GB200" before
+# "B200"). A name not here has no MFU rather than a wrong one.
 PEAK_FLOPS = {
-    "H100 PCIe": 756e12,
-    "H100": 989e12,  # SXM
-    "H200": 989e12,
-    "A100": 312e12,
+    "A100": 312e12,  # A100 datasheet (SXM and PCIe): 312 TFLOPS dense, 624 sparse
+    "H100": 989e12,  # H100 datasheet, SXM: 1,979 TFLOPS sparse
+    "H100 PCIe": 756e12,  # H100 datasheet, PCIe: 1,513 sparse
+    "H100 NVL": 835e12,  # H100 datasheet, NVL: 1,671 sparse
+    "H200": 989e12,  # H200 datasheet, SXM: 1,979 sparse
+    "H200 NVL": 835e12,  # H200 datasheet, NVL: 1,671 sparse
+    "GH200": 989e12,  # GH200 datasheet: 1,979 sparse (an H100/H200 class GPU)
+    "B200": 2250e12,  # HGX B200 datasheet, per GPU: FP16/BF16 4.5 PFLOPS sparse
+    "GB200": 2500e12,  # GB200 NVL72 datasheet, per GPU: 5 PFLOPS sparse
 }
 
 
 def peak_flops(device_name: str) -> float | None:
-    """Peak bf16 FLOP/s for a device name such as torch.cuda.get_device_name() ("NVIDIA H100 80GB HBM3");
+    """Peak dense bf16 FLOP/s for a device name such as torch.cuda.get_device_name() ("NVIDIA H100 80GB HBM3");
     None when unknown, e.g. for "cpu"."""
-    return next((peak for key, peak in PEAK_FLOPS.items() if key in device_name), None)
+    keys = [key for key in PEAK_FLOPS if key in device_name]
+    return PEAK_FLOPS[max(keys, key=len)] if keys else None
 
 
 def mfu(flops_per_s: float, peak: float | None) -> float | None:

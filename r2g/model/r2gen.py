@@ -40,16 +40,19 @@ class VisualProjector(nn.Module):
 def merge_visual(embeds: torch.Tensor, visual: torch.Tensor, image_positions: torch.Tensor) -> torch.Tensor:
     """Put the visual tokens into the placeholder slots, row-major.
 
-    embeds: (B, T, D) text embeddings; visual: (B, N, D); image_positions: (B, T) bool with N True per row.
+    embeds: (B, T, D) text embeddings; visual: (B, N, D); image_positions: (B, T) bool with N True per row, best on
+    the CPU (as build_batch makes it): checked and turned into indices there, so the forward pass waits on no
+    copy back from the GPU.
     """
-    n_slots, n_visual = int(image_positions.sum()), visual.shape[0] * visual.shape[1]
-    if n_slots != n_visual:
+    B, N = visual.shape[:2]
+    per_row = image_positions.sum(dim=1)
+    if image_positions.shape[0] != B or not bool((per_row == N).all()):
         raise ValueError(
-            f"image placeholder slots and visual tokens do not match: slots: {n_slots}, tokens: {n_visual} "
+            f"image placeholder slots and visual tokens do not match: slots: {int(per_row.sum())}, tokens: {B * N} "
             f"(shape {tuple(visual.shape)}); build the batch with n_visual=model.num_visual_tokens(V)"
         )
-    mask = image_positions[..., None].expand_as(embeds)
-    return embeds.masked_scatter(mask, visual.to(embeds.dtype))
+    slots = image_positions.flatten().nonzero().squeeze(1).to(embeds.device, non_blocking=True)
+    return embeds.flatten(0, 1).index_copy(0, slots, visual.flatten(0, 1).to(embeds.dtype)).view_as(embeds)
 
 
 def _numel(p: torch.Tensor) -> int:
@@ -109,7 +112,8 @@ class R2GenGPT(nn.Module):
         image_positions: torch.Tensor,
     ) -> CausalLMOutputWithPast:
         """Tensors as `prompt.build_batch` makes them (plus images / view_mask); `.loss` is the mean token
-        cross-entropy over the report tokens and eos, `.logits` is (B, T, vocab)."""
+        cross-entropy over the report tokens and eos, `.logits` is (B, T, vocab). view_mask and image_positions
+        may stay on the CPU (no device sync: see `encode`, `merge_visual`); the others go on the model's device."""
         embeds = self.input_embeds(images, view_mask, input_ids, image_positions)
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, use_cache=False)
 
@@ -117,14 +121,14 @@ class R2GenGPT(nn.Module):
     def generate(
         self, images: torch.Tensor, view_mask: torch.Tensor, gen: GenerateConfig, synced_gpus: bool = False
     ) -> list[str]:
-        """Beam-search reports for a batch of studies: images (B, V, 3, H, W), view_mask (B, V) -> B strings.
+        """Beam-search reports for a batch of studies: images (B, V, 3, H, W), view_mask (B, V) -> B strings
+        (view_mask best on the CPU, as in `forward`).
 
         synced_gpus: keep stepping until every rank is done (needed under ZeRO-3, where each forward pass
         gathers weights collectively)."""
         B, V = view_mask.shape
         batch = build_batch(self.tokenizer, None, self.num_visual_tokens(V), self.cfg, batch_size=B)
-        input_ids, image_positions = batch["input_ids"].to(images.device), batch["image_positions"].to(images.device)
-        embeds = self.input_embeds(images, view_mask, input_ids, image_positions)
+        embeds = self.input_embeds(images, view_mask, batch["input_ids"].to(images.device), batch["image_positions"])
         # Given inputs_embeds and no input_ids, generate returns only the new tokens, and the repetition
         # penalty sees only those, as in the reference; transformers warns about the latter on every call.
         with warnings.catch_warnings():
@@ -152,6 +156,22 @@ class R2GenGPT(nn.Module):
         )
 
     # ------------------------------------------------------------------------------ trainable state
+
+    def to_bf16(self) -> "R2GenGPT":
+        """Every weight in bf16 (precision "bf16": DeepSpeed keeps fp32 masters of the trainables) with the LLM's
+        buffers left as transformers built them: Llama's rotary `inv_freq` stays fp32, since bf16-rounded
+        frequencies rotate positions differently, the more so the further into the sequence. Swin's floating
+        buffers (the shifted windows' `attn_mask`) follow its weights: attention wants the mask in the queries'
+        dtype. Called before `deepspeed.initialize`, not left to it: under ZeRO-3 the engine casts nothing
+        once the LLM is partitioned, and its `buffer_dtype` would cast every buffer. A parameter ZeRO-3 has
+        already partitioned (the frozen LLM's, loaded in bf16) is left alone: its data is an empty stub."""
+        self.vision.to(torch.bfloat16)
+        self.mapper.to(torch.bfloat16)
+        with torch.no_grad():
+            for p in self.llm.parameters():  # LoRA weights: peft keeps adapters fp32 in a bf16 model
+                if not hasattr(p, "ds_id") and p.is_floating_point():
+                    p.data = p.data.to(torch.bfloat16)
+        return self
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters the optimizer updates (mode-dependent; the LLM's own weights never)."""

@@ -262,15 +262,19 @@ def encode(encoder: nn.Module, images: torch.Tensor, view_mask: torch.Tensor, vi
     Returns (B, N, C): N = 49 for `mean` (masked mean of the real views' grids, as the reference) or V * 49 for
     `concat` (the views' grids side by side; a missing view's slot holds the mean of the study's real views,
     i.e. a one-view study repeats its view, so every study in the batch has the same N and nothing is masked).
+
+    Pass view_mask on the CPU, as the loader makes it: it is checked and turned into indices there, so the
+    forward pass waits on no copy back from the GPU (on the images' device it works too, at that cost).
     """
     B, V = view_mask.shape
     if not bool(view_mask.any(dim=1).all()):
         raise ValueError("every study needs at least one real view (view_mask has an all-False row)")
+    real = view_mask.flatten().nonzero().squeeze(1).to(images.device, non_blocking=True)  # (n_real,) view slots
+    view_mask = view_mask.to(images.device, non_blocking=True)
     # One batched Swin call over the real views only; padded views cost nothing.
-    feats = encoder.forward_features(images[view_mask])  # (n_real, h, w, C)
+    feats = encoder.forward_features(images.flatten(0, 1).index_select(0, real))  # (n_real, h, w, C)
     feats = feats.flatten(1, 2)  # (n_real, N, C)
-    grids = feats.new_zeros(B, V, *feats.shape[1:])
-    grids[view_mask] = feats  # (B, V, N, C), zeros at padded views
+    grids = feats.new_zeros(B * V, *feats.shape[1:]).index_copy(0, real, feats).unflatten(0, (B, V))  # zeros at padded views
     n_real = view_mask.sum(dim=1).to(feats.dtype)[:, None, None]  # (B, 1, 1)
     mean = grids.sum(dim=1) / n_real  # (B, N, C)
     if view_merge == "mean":

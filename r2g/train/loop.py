@@ -62,11 +62,13 @@ def micro_batches(loader, pipeline, steps_per_epoch: int, accum: int, start_step
 
 def model_inputs(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
     """The model's forward arguments on `device`, from a batch of a loader given the model's `report_encoder`
-    (its workers have already built the text tensors)."""
+    (its workers have already built the text tensors). The masks stay on the CPU, where the model checks and
+    indexes them without waiting on the device."""
+    masks = {"view_mask": batch["view_mask"], "image_positions": batch["text"]["image_positions"]}
     return {
         "images": batch["images"].to(device, dtype, non_blocking=True),
-        "view_mask": batch["view_mask"].to(device, non_blocking=True),
-        **{k: v.to(device, non_blocking=True) for k, v in batch["text"].items()},
+        **{k: v.to(device, non_blocking=True) for k, v in batch["text"].items() if k not in masks},
+        **masks,
     }
 
 
@@ -114,14 +116,30 @@ def validate_and_export(engine, val_loader, cfg: RunConfig, precision: Precision
     return best
 
 
-def run(cfg: RunConfig) -> dict:
-    """Train; returns {"steps", "best", "final_loss"}. Resumes from `cfg.train.out` when `cfg.train.resume`."""
+def build_engine(cfg: RunConfig, ds: dict, precision: Precision, scheduler_factory=None):
+    """(the DeepSpeed engine training `cfg.model` under the filled config `ds`, its lr scheduler or None). Under
+    ZeRO-3 the LLM loads partitioned (the HfDeepSpeedConfig is alive across build_model). Precision "bf16" casts
+    the weights here (R2GenGPT.to_bf16) rather than through DeepSpeed, so that the LLM's rotary buffers stay
+    fp32 and the trainables are bf16 under ZeRO-3 too."""
     import deepspeed
-    from transformers import set_seed
     from transformers.integrations import HfDeepSpeedConfig
 
-    from r2g.model.flops import FlopCounts, peak_flops
     from r2g.model.r2gen import build_model
+
+    hf_ds = HfDeepSpeedConfig(ds) if zero_stage(ds) == 3 else None  # noqa: F841
+    model = build_model(cfg.model, dtype=precision.llm_dtype)
+    if precision.ds_bf16:
+        model.to_bf16()
+    engine, _, _, scheduler = deepspeed.initialize(model=model, model_parameters=model.trainable_parameters(),
+                                                   config=ds, lr_scheduler=scheduler_factory)
+    return engine, scheduler
+
+
+def run(cfg: RunConfig) -> dict:
+    """Train; returns {"steps", "best", "final_loss"}. Resumes from `cfg.train.out` when `cfg.train.resume`."""
+    from transformers import set_seed
+
+    from r2g.model.flops import FlopCounts, peak_flops
     from r2g.train.meter import ThroughputMeter
     from r2g.train.schedule import epoch_cosine
 
@@ -164,15 +182,11 @@ def run(cfg: RunConfig) -> dict:
     precision = resolve_precision(t.precision, device, stage)
     ds = fill_ds_config(ds, t.ds_config, cfg, world, total_steps, precision.ds_bf16)
 
-    # Model: keep the HfDeepSpeedConfig alive across build_model so ZeRO-3 partitions the LLM at load.
-    hf_ds = HfDeepSpeedConfig(ds) if stage == 3 else None  # noqa: F841
-    model = build_model(cfg.model, dtype=precision.llm_dtype)
-    table = model.param_table()
     scheduler_factory = None
     if t.lr_schedule == "epoch_cosine":
         scheduler_factory = lambda opt: epoch_cosine(opt, t.lr, t.min_lr, steps_per_epoch, t.epochs)  # noqa: E731
-    engine, _, _, scheduler = deepspeed.initialize(model=model, model_parameters=model.trainable_parameters(),
-                                                   config=ds, lr_scheduler=scheduler_factory)
+    engine, scheduler = build_engine(cfg, ds, precision, scheduler_factory)
+    model, table = engine.module, engine.module.param_table()
 
     start_step, best = 0, None
     if resuming:
