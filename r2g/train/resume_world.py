@@ -30,5 +30,5 @@ def check_resume_world(out: Path, world: int, per_rank_batch: int) -> None:
         f"{out / 'checkpoints' / tag} was written by {saved} process(es), this launch has {world} (global batch "
         f"{world * per_rank_batch} = {world} × --micro-batch × --grad-accum): r2g resumes a run only on the number "
         f"of processes that saved it, as ZeRO's optimizer state is partitioned per process. Relaunch --resume with "
-        f"{saved} process(es) (e.g. `deepspeed --num_gpus {saved}`, `srun --ntasks {saved}`)"
+        f"{saved} process(es): {saved} GPUs for the deepspeed launcher or torchrun, {saved} tasks for srun"
     )
