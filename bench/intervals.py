@@ -12,9 +12,7 @@ writes the timings with it.
 """
 
 import argparse
-import json
 import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -23,8 +21,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.metrics import report_pairs  # noqa: E402
 from bench.provenance import start, write_json  # noqa: E402
-from r2g.data.reports import clean_report  # noqa: E402
 from r2g.metrics.bootstrap import paired, resample_weights, resampled_values  # noqa: E402
 from r2g.metrics.score import score_studies  # noqa: E402
 
@@ -46,13 +44,7 @@ def main() -> None:
         ap.error(f"--reports {args.reports}: no such file")
     provenance = start()
     print("start:", load())
-    d = json.loads(Path(args.reports).read_text())
-    texts = [clean_report(e["report"], "iu_xray") for split in ("train", "val") for e in d[split]]
-    texts = (texts * (args.pairs // len(texts) + 1))[:args.pairs]
-    shuffled = texts[:]
-    random.Random(0).shuffle(shuffled)
-    refs = {str(i): t for i, t in enumerate(texts)}
-    preds_a = {str(i): t for i, t in enumerate(shuffled)}
+    refs, preds_a = report_pairs(args.reports, args.pairs)
     preds_b = {k: refs[k] if i % 3 == 0 else preds_a[k] for i, k in enumerate(refs)}
     n = len(refs)
 

@@ -24,6 +24,17 @@ from r2g.metrics.score import score  # noqa: E402
 N = 3858
 
 
+def report_pairs(reports: str, pairs: int) -> tuple[dict[str, str], dict[str, str]]:
+    """({id: reference}, {id: prediction}): `pairs` cleaned IU-Xray reports from the `reports` JSON (train and
+    val, repeated as needed), each predicted by another of them (a fixed shuffle)."""
+    d = json.loads(Path(reports).read_text())
+    texts = [clean_report(e["report"], "iu_xray") for s in ("train", "val") for e in d[s]]
+    texts = (texts * (pairs // len(texts) + 1))[:pairs]
+    shuffled = texts[:]
+    random.Random(0).shuffle(shuffled)
+    return {str(i): t for i, t in enumerate(texts)}, {str(i): t for i, t in enumerate(shuffled)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reports", default=os.environ.get("R2G_IU_REPORTS"), required="R2G_IU_REPORTS" not in os.environ,
@@ -35,20 +46,14 @@ def main() -> None:
     if not Path(args.reports).is_file():
         ap.error(f"--reports {args.reports}: no such file")
     provenance = start()
-    d = json.loads(Path(args.reports).read_text())
-    texts = [clean_report(e["report"], "iu_xray") for s in ("train", "val") for e in d[s]]
-    texts = (texts * (args.pairs // len(texts) + 1))[: args.pairs]
-    shuffled = texts[:]
-    random.Random(0).shuffle(shuffled)
-    refs = {str(i): t for i, t in enumerate(texts)}
-    preds = {str(i): t for i, t in enumerate(shuffled)}
+    refs, preds = report_pairs(args.reports, args.pairs)
     runs = []
     for meteor in (False,) if args.no_meteor else (False, True):
         t0 = time.perf_counter()
         result = score(refs, preds, meteor=meteor)
-        runs.append({"pairs": len(texts), "meteor": meteor, "seconds": time.perf_counter() - t0,
+        runs.append({"pairs": len(refs), "meteor": meteor, "seconds": time.perf_counter() - t0,
                      "BLEU_4": result["BLEU_4"], "CIDEr": result["CIDEr"], "ce_micro_f1": result["ce_micro_f1"]})
-        print(f"{len(texts)} pairs, METEOR {'on ' if meteor else 'off'}: {runs[-1]['seconds']:6.1f} s "
+        print(f"{len(refs)} pairs, METEOR {'on ' if meteor else 'off'}: {runs[-1]['seconds']:6.1f} s "
               f"(BLEU-4 {result['BLEU_4']:.3f}, CIDEr {result['CIDEr']:.3f}, CE micro F1 {result['ce_micro_f1']:.3f})")
     if args.json:
         write_json(args.json, {"reports": args.reports, "runs": runs}, provenance)
