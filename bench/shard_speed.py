@@ -8,8 +8,14 @@ decode scale skips, grows with its compressed size, so the speed-up depends on h
 `--grain` sets it and the file sizes are printed beside the figures. Each image is encoded both ways in turn,
 so load on the machine hits both alike; speeds are CPU seconds of this one process (per core).
 
+Then the reduced path's steps, timed one by one on the same files (the same calls as encode_image, checked to give
+its bytes): read, decode at the chosen scale, the resize after it (bicubic, and the LANCZOS it replaced), the q95
+encode; and the decode at 1/8, the smallest scale libjpeg has. That last one is the file's entropy decoding, which
+every decode scale does in full, plus a 1 × 1 inverse DCT per block: no way of decoding the file is faster, so
+full-path time / 1/8-decode time is the ceiling on the speed-up ("ceiling" in the table).
+
     python bench/shard_speed.py --images 24 --max-side 512 --grain 0.006 0.012
-Prints the provenance header first (bench/provenance.py), then a JSON object per grain and a markdown table;
+Prints the provenance header first (bench/provenance.py), then a JSON object per grain and two markdown tables;
 --json also writes the rows with the provenance.
 """
 
@@ -29,7 +35,7 @@ from PIL import Image, features
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.provenance import start, write_json  # noqa: E402
-from r2g.data.shard import encode_image  # noqa: E402
+from r2g.data.shard import RESIZE_AFTER_SCALED_DECODE, encode_image, shrunk_size  # noqa: E402
 from r2g.demo.toys import xray_like  # noqa: E402
 
 MIMIC_SIZE = (2544, 3056)  # width, height
@@ -59,6 +65,37 @@ def measure(paths: list[Path], max_side: int, rounds: int) -> dict:
             "mimic_minutes_32_cores_after": round(MIMIC_IMAGES / (32 * reduced) / 60, 1)}
 
 
+def steps(paths: list[Path], max_side: int, rounds: int) -> dict:
+    """CPU ms per image of each step of the reduced path, and of a decode at 1/8 scale (see the docstring)."""
+    ms = dict.fromkeys(("read", "decode", "resize", "resize_lanczos", "encode", "decode_1_8"), 0.0)
+
+    def timed(step, fn):
+        t0 = time.process_time()
+        out = fn()
+        ms[step] += 1000 * (time.process_time() - t0)
+        return out
+
+    for _ in range(rounds):
+        for path in paths:
+            data = timed("read", path.read_bytes)
+
+            def decode(scale_to):
+                img = Image.open(io.BytesIO(data))
+                img.draft(img.mode, scale_to)
+                img.load()
+                return img
+
+            size = shrunk_size(Image.open(path).size, max_side)
+            img = timed("decode", lambda: decode(size))
+            small = timed("resize", lambda: img.resize(size, RESIZE_AFTER_SCALED_DECODE))
+            timed("resize_lanczos", lambda: img.resize(size, Image.Resampling.LANCZOS))
+            buf = io.BytesIO()
+            timed("encode", lambda: small.save(buf, format="JPEG", quality=95))
+            assert buf.getvalue() == encode_image(path, max_side)[1], "the steps timed here are not encode_image's"
+            timed("decode_1_8", lambda: decode((1, 1)))
+    return {step: round(v / (len(paths) * rounds), 2) for step, v in ms.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=24)
@@ -82,6 +119,9 @@ def main() -> None:
             mb = sum(p.stat().st_size for p in paths) / len(paths) / 1e6
             result = {"grain": grain, "mean_file_mb": round(mb, 2), "max_side": args.max_side,
                       "decoder": decoder, **measure(paths, args.max_side, args.rounds)}
+            result["steps_ms"] = steps(paths, args.max_side, args.rounds)
+            full_ms = 1000 / result["full_per_core"]
+            result["ceiling_speedup"] = round(full_ms / result["steps_ms"]["decode_1_8"], 2)
             print(json.dumps(result))
             rows.append(result)
     print(f"\n{decoder}")
@@ -92,6 +132,16 @@ def main() -> None:
         print(f"| {r['grain']} | {r['mean_file_mb']} MB | {r['full_per_core']} | {r['reduced_per_core']} | "
               f"{r['speedup']}× | {r['mean_abs_diff']} / {r['p999_abs_diff']:g} / {r['max_abs_diff']} | "
               f"{r['mimic_minutes_32_cores_before']} → {r['mimic_minutes_32_cores_after']} min |")
+    print("\nThe reduced path step by step, CPU ms per image (the 1/8 decode: no decode of the file is faster)")
+    print("| mean file | full path | read | decode at scale | resize bicubic (LANCZOS before) | encode q95 | "
+          "decode at 1/8 | 1/8 decode's share of the reduced path | ceiling: full path / 1/8 decode |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        st = r["steps_ms"]
+        reduced_ms = 1000 / r["reduced_per_core"]
+        print(f"| {r['mean_file_mb']} MB | {1000 / r['full_per_core']:.1f} | {st['read']} | {st['decode']} | "
+              f"{st['resize']} ({st['resize_lanczos']}) | {st['encode']} | {st['decode_1_8']} | "
+              f"{100 * st['decode_1_8'] / reduced_ms:.0f} % | {r['ceiling_speedup']}× |")
     if args.json:
         write_json(args.json, rows, provenance)
 

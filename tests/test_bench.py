@@ -277,3 +277,8 @@ def test_shard_speed_compares_both_decodes_on_one_mimic_size_image(tmp_path):
     (row,) = rows
     assert row["images"] == 1 and row["max_side"] == 512 and row["full_per_core"] > 0 and row["reduced_per_core"] > 0
     assert row["mean_file_mb"] > 0.1 and row["max_abs_diff"] <= 16
+    # the reduced path step by step (the bench checks that these steps give encode_image's bytes) and its ceiling
+    steps = row["steps_ms"]
+    assert set(steps) == {"read", "decode", "resize", "resize_lanczos", "encode", "decode_1_8"}
+    assert all(v > 0 for v in steps.values())
+    assert row["ceiling_speedup"] == pytest.approx(1000 / row["full_per_core"] / steps["decode_1_8"], rel=0.02)

@@ -40,6 +40,11 @@ from r2g.errors import R2GError
 MANIFEST_FORMAT = "r2g-shards/1"
 _FORMATS = {".png": ("png", "PNG"), ".jpg": ("jpg", "JPEG"), ".jpeg": ("jpg", "JPEG")}
 _SHOW_BAD = 5  # how many bad samples an error message lists before "and N more"
+# What finishes a reduced-scale decode. The DCT scaling has already low-passed most of the way (to 764 px
+# of 3,056 for 512), so bicubic over the rest lands as close to full decode + LANCZOS as LANCZOS does (closer
+# at 128–300 px) and costs 2/3 of it; bilinear, cheaper still, leaves the tolerance at 128–300 px
+# (bench/RESULTS.md, "cheaper resize").
+RESIZE_AFTER_SCALED_DECODE = Image.Resampling.BICUBIC
 
 
 @dataclass(frozen=True)
@@ -100,10 +105,11 @@ def encode_image(path: Path, max_side: int | None, reduced_decode: bool = True) 
     """(extension, bytes) of one image: stored bytes, or re-encoded when `max_side` shrinks it.
 
     A JPEG that will be shrunk is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, PIL's `draft`),
-    the smallest that is still at least the target size, and then resized as a full decode would be: a
-    2,544 × 3,056 MIMIC image shrunk to 512 decodes at 764 px instead of 3,056, several times faster, to within
-    a few grey levels of full decode + resize (tests/test_shard.py holds the tolerance). `reduced_decode=False`
-    decodes in full (the comparison in that test and in bench/shard_speed.py).
+    the smallest that is still at least the target size, and the rest of the way with RESIZE_AFTER_SCALED_DECODE:
+    a 2,544 × 3,056 MIMIC image shrunk to 512 decodes at 764 px instead of 3,056, several times faster, to within
+    a few grey levels of full decode + LANCZOS resize (tests/test_shard.py holds the tolerance). An image decoded
+    in full is resized with LANCZOS, as before. `reduced_decode=False` decodes in full (the comparison in that
+    test and in bench/shard_speed.py).
 
     Raises ValueError with a short reason for an unsupported, missing or undecodable file.
     """
@@ -117,13 +123,15 @@ def encode_image(path: Path, max_side: int | None, reduced_decode: bool = True) 
         raise ValueError(f"missing image: {path}") from None
     try:
         with Image.open(io.BytesIO(data)) as img:
+            stored_size = img.size
             size = shrunk_size(img.size, max_side)
             if size is not None and reduced_decode and img.format == "JPEG":
                 img.draft(img.mode, size)  # never smaller than `size`: PIL picks the scale that keeps it
             img.load()  # decodes every block (at any scale): truncated files fail here, not in the training loop
             if size is None:
                 return ext, data
-            small = img.resize(size, Image.Resampling.LANCZOS)
+            scaled = img.size != stored_size
+            small = img.resize(size, RESIZE_AFTER_SCALED_DECODE if scaled else Image.Resampling.LANCZOS)
     except (OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"undecodable image: {path} ({e})") from None
     buf = io.BytesIO()
