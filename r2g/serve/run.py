@@ -18,7 +18,8 @@ from pathlib import Path
 from PIL import Image
 
 from r2g.config import GenerateConfig
-from r2g.data.images import XRay, decode_xray
+from r2g.data.dicom import is_dicom
+from r2g.data.images import IMAGE_SUFFIXES, XRay, decode_xray
 from r2g.data.loader import split_shards
 from r2g.errors import R2GError
 from r2g.eval.generate import reports_for_images
@@ -30,6 +31,7 @@ THUMBNAIL_SIDE = 256
 # Bounds of the decoding settings a page may ask for: wide enough for any real use, narrow enough that one
 # request cannot hold the model for minutes.
 LIMITS = {"num_beams": (1, 8), "max_new_tokens": (1, 512), "repetition_penalty": (1.0, 3.0)}
+IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")  # PNG, JPEG; DICOM's is is_dicom's
 
 
 def load(ckpt: str | Path, llm: str | None = None, vision_weights: str | None = None, checkpoint: str | None = None,
@@ -54,6 +56,7 @@ class Answer:
     started_at: float = 0.0  # wall-clock start and end of the model's work, for the queue's record
     finished_at: float = 0.0
     study: dict = field(default_factory=dict)  # a test study: id, reference, reference_labels, scores
+    folder: dict = field(default_factory=dict)  # a study folder: name, views (in the order read), ignored
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,6 +81,34 @@ def report_scores(reference: str, prediction: str) -> dict[str, float]:
     scores = {f"BLEU_{n + 1}": float(b) for n, b in enumerate(bleu)}
     scores["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
     return scores
+
+
+def is_view(name: str, data: bytes) -> bool:
+    """Whether a file of a study folder is one of its views: an image by its name or by its content (a PACS export
+    often names its DICOMs IM0001, no suffix). Hidden files are not: .DS_Store, and the ._0.png files macOS leaves
+    on shared drives, which carry an image's name but hold no image."""
+    if name.startswith("."):
+        return False
+    return name.lower().endswith(IMAGE_SUFFIXES) or data.startswith(IMAGE_SIGNATURES) or is_dicom(data)
+
+
+def folder_views(folder: str, files: list[tuple[str, bytes]], subfolders: list[str],
+                 max_views: int) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """(its views in name order, the names of everything else) of a study folder sent as its own files
+    [(name, bytes)] and the names of its subfolders (not read: a study's views lie in its folder), or an R2GError
+    naming the folder and how many images it holds.
+
+    Name order, because a folder records no view position: IU-Xray numbers a study's views 0.png, 1.png in
+    annotation.json's order, and `r2g generate` reads a folder in name order too; MIMIC's hashed file names follow
+    no view. A run that averages its views (view_merge mean) gives the same report in any order; with concat the
+    first name takes the first view's place."""
+    views = sorted((f for f in files if is_view(*f)), key=lambda f: f[0])
+    ignored = sorted(name for name, data in files if not is_view(name, data)) + [f"{s}/" for s in sorted(subfolders)]
+    if not 1 <= len(views) <= max_views:
+        named = f" ({', '.join(name for name, _ in views)})" if views else ""
+        raise R2GError(f"folder '{folder}': {len(views)} images{named} among its {len(files)} files; a study's folder "
+                       f"holds 1 to {max_views} views (PNG, JPEG or DICOM)")
+    return views, ignored
 
 
 class ServedRun:
@@ -106,7 +137,8 @@ class ServedRun:
             "device": str(self.device), "precision": self.precision.name,
             "defaults": {"num_beams": gen.num_beams, "max_new_tokens": gen.max_new_tokens,
                          "repetition_penalty": gen.repetition_penalty},
-            "limits": LIMITS, "max_views": self.cfg.data.max_views, "labels": list(CHEXPERT_LABELS),
+            "limits": LIMITS, "max_views": self.cfg.data.max_views, "view_merge": self.cfg.model.view_merge,
+            "labels": list(CHEXPERT_LABELS),
             "split": self.split, "studies": len(self.studies), "studies_error": self.studies_error,
         }
 

@@ -6,6 +6,8 @@ on the one model, and a waiting request holds only its upload's bytes).
     GET  /api/run      the run's facts: base LLM, mode, steps, best validation scores, device, precision, defaults
     GET  /api/studies  the test split's study ids
     POST /api/generate {"files": [{"name", "data": base64}], "settings": {...}}  → a report, labels, sources
+                       + "folder": {"name", "subfolders"} when the files are a study folder's: its images are
+                       picked, checked and ordered here (folder_views), whatever the page did
     POST /api/study    {"id", "settings": {...}}                                  → the same, + reference and scores
 
 Every failure a request can cause (a bad upload, a bad setting) answers 400 with {"error": message naming the
@@ -25,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
 
 from r2g.errors import R2GError
-from r2g.serve.run import ServedRun
+from r2g.serve.run import ServedRun, folder_views
 
 # An upload's body: two views of the largest chest DICOMs (≈ 4,300² × 16 bit ≈ 37 MB each) in base64, with room.
 MAX_BODY = 128 * 2**20
@@ -78,7 +80,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.path in ("/", "/index.html"):
             self._send(HTTPStatus.OK, self.server.page, "text/html; charset=utf-8")
         elif self.path == "/api/run":
-            self._json(HTTPStatus.OK, served.facts())
+            self._json(HTTPStatus.OK, {**served.facts(), "max_upload_bytes": MAX_BODY})
         elif self.path == "/api/studies":
             self._json(HTTPStatus.OK, {"split": served.split, "ids": sorted(served.studies),
                                        "error": served.studies_error})
@@ -128,7 +130,18 @@ class Handler(BaseHTTPRequestHandler):
                 uploads.append((name, base64.b64decode(item["data"], validate=True)))
             except (KeyError, TypeError, binascii.Error):
                 raise R2GError(f"{name}: upload not base64 data") from None
-        return self.server.run_queued(self.server.served.upload, uploads, body.get("settings"))
+        folder = body.get("folder")
+        if folder is None:
+            return self.server.run_queued(self.server.served.upload, uploads, body.get("settings"))
+        if not isinstance(folder, dict) or not isinstance(folder.get("subfolders", []), list):
+            raise R2GError('folder: must be {"name": ..., "subfolders": [...]}')
+        name = str(folder.get("name") or "dropped")
+        # Checked before the queue: a wrong folder is answered at once, not after the reports queued before it.
+        views, ignored = folder_views(name, uploads, [str(s) for s in folder.get("subfolders", [])],
+                                      self.server.served.cfg.data.max_views)
+        answer = self.server.run_queued(self.server.served.upload, views, body.get("settings"))
+        answer.folder = {"name": name, "views": [n for n, _ in views], "ignored": ignored}
+        return answer
 
     def _study(self, body: dict):
         return self.server.run_queued(self.server.served.study, str(body.get("id", "")), body.get("settings"))
