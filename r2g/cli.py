@@ -329,6 +329,9 @@ def model_metrics(radgraph, bertscore, ratescore, chexbert, green) -> "ModelMetr
 
 DS_HELP = ("A ZeRO-3 config (ds_configs/zero3.json): the LLM is partitioned across the ranks of the launch "
            "(deepspeed / torchrun), for an LLM one GPU cannot hold. Default: each rank holds the whole model.")
+TP_HELP = ("Split the LLM's layers over N processes (tensor parallel, DeepSpeed AutoTP): launch exactly N "
+           "(deepspeed --num_gpus N / torchrun --nproc_per_node N); each holds 1/N of the LLM and they decode every "
+           "study together. Faster than --ds for an LLM one GPU cannot hold. 1: not split.")
 
 
 def eval_command(
@@ -353,6 +356,7 @@ def eval_command(
     bootstrap: int = typer.Option(1000, help=BOOTSTRAP_HELP),
     workers: int = typer.Option(2, help="Data-loader workers."),
     ds: Optional[str] = typer.Option(None, "--ds", help=DS_HELP),
+    tp: int = typer.Option(1, "--tp", help=TP_HELP),
     local_rank: int = typer.Option(-1, "--local_rank", "--local-rank", hidden=True),
     **generation,
 ):
@@ -364,7 +368,7 @@ def eval_command(
         split=split, out=out, shards=shards, llm=llm, vision_weights=vision_weights, checkpoint=checkpoint,
         allow_llm_mismatch=allow_llm_mismatch, meteor=meteor, labeler=labeler, labeler_weights=labeler_weights,
         models=model_metrics(radgraph, bertscore, ratescore, chexbert, green),
-        truncated_refs=truncated_refs, max_samples=max_samples, bootstrap=bootstrap, workers=workers, ds=ds,
+        truncated_refs=truncated_refs, max_samples=max_samples, bootstrap=bootstrap, workers=workers, ds=ds, tp=tp,
         generate=config_overrides(generation).get("generate", {}),  # over the run's own generation settings
     )
     plan = prepare(ckpt, opts)  # every input checked before the progress bar and the model load
@@ -375,8 +379,9 @@ def eval_command(
     if metrics:
         print_metrics(metrics, f"{ckpt.name} on {split} ({metrics['studies']} studies)")
         held = metrics["inference"]
-        if held["ds"]:
-            console.print(f"LLM partitioned over {held['ranks']} rank(s): rank 0 held {held['llm_weights_held_rank0']:,} "
+        if held["ds"] or held["tp"] > 1:
+            how = "partitioned" if held["ds"] else "tensor-parallel"
+            console.print(f"LLM {how} over {held['ranks']} rank(s): rank 0 held {held['llm_weights_held_rank0']:,} "
                           f"of {held['llm_weights_total']:,} weights")
         console.print("files: " + ", ".join(metrics["files"].values()))
 
@@ -393,19 +398,21 @@ def generate(
     allow_llm_mismatch: bool = typer.Option(False, help=MISMATCH_HELP),
     out: Optional[Path] = typer.Option(None, help="Write JSONL (.jsonl) or plain text (one report per line)."),
     ds: Optional[str] = typer.Option(None, "--ds", help=DS_HELP + " Every rank decodes every study; rank 0 writes."),
+    tp: int = typer.Option(1, "--tp", help=TP_HELP + " Rank 0 writes."),
     local_rank: int = typer.Option(-1, "--local_rank", "--local-rank", hidden=True),
     **generation,
 ):
     """Write reports for new chest X-ray images."""
     from r2g.eval.generate import collect_studies, generate_reports
-    from r2g.eval.reconstitute import load_run, open_run, partitioned_inference_config
+    from r2g.eval.reconstitute import load_run, open_run, partitioned_inference_config, tensor_parallel_inference_check
 
     # Every input checked before the model loads: each image decodes, the run folder and its base files exist.
     studies = collect_studies(inputs)
     run = open_run(ckpt, llm, vision_weights, checkpoint=checkpoint, allow_llm_mismatch=allow_llm_mismatch)
+    tensor_parallel_inference_check(run, tp, ds)
     ds_config = partitioned_inference_config(run, ds) if ds else None
-    # On the GPU when there is one, in the run's precision; with --ds, on every rank of the launch.
-    loaded = load_run(run, ds_config, config_overrides(generation).get("generate", {}))
+    # On the GPU when there is one, in the run's precision; with --ds or --tp, on every rank of the launch.
+    loaded = load_run(run, ds_config, config_overrides(generation).get("generate", {}), tp=tp)
     results = generate_reports(loaded, studies)
     if loaded.rank != 0:
         return
