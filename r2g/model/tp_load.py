@@ -40,8 +40,8 @@ def check_tensor_parallel(folder: str | Path, tp: int, world: int) -> None:
         raise R2GError(f"--tp {tp}: {folder}/config.json has {heads} key/value heads; each rank needs at least one, "
                        f"so --tp can be at most {heads}")
     if tp != world:
-        raise R2GError(f"--tp {tp}: launch exactly {tp} processes (deepspeed --num_gpus {tp} / torchrun "
-                       f"--nproc_per_node {tp}); this launch has {world}")
+        raise R2GError(f"--tp {tp}: launch exactly {tp} processes, one per GPU (deepspeed or torchrun); this launch "
+                       f"has {world}")
 
 
 @contextmanager
