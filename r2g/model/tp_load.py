@@ -86,8 +86,9 @@ def partitions(model: nn.Module) -> dict[str, tuple[int, int, int]]:
 
 def read_slice(stored: StoredTensor, dim: int | None, start: int, out: torch.Tensor) -> None:
     """Copy the slice of the stored tensor that starts at index `start` along `dim` and has `out`'s shape (the
-    whole tensor for dim None) into `out`, reading only its rows: a slice along dim 0 is one contiguous run of
-    bytes; along the last dim of a matrix, each row's run is read in blocks of rows."""
+    whole tensor for dim None) into `out`. A slice along dim 0 is one contiguous run of bytes, read alone; a slice
+    of a matrix's columns (row-parallel layers) is read in blocks of whole rows (ROWS_PER_READ elements at most),
+    keeping its columns: each rank reads those matrices' bytes whole but holds one block beyond its slice."""
     if dim is None or dim == 0:
         row = out[0].numel() if out.dim() > 1 else 1
         read_elements(stored, start * row, out.view(-1))
