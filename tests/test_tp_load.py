@@ -35,5 +35,6 @@ def test_models_built_for_tensor_parallel_loading_hold_no_weights_but_their_buff
         model = LlamaForCausalLM(config)
     assert all(p.is_meta for p in model.parameters())
     inv_freq = model.model.rotary_emb.inv_freq
-    assert not inv_freq.is_meta and torch.allclose(inv_freq, LlamaForCausalLM(config).model.rotary_emb.inv_freq)
+    head_dim = 16 // 2  # RoPE's default frequencies, base 10,000
+    assert not inv_freq.is_meta and torch.allclose(inv_freq, 1 / 10_000 ** (torch.arange(0, head_dim, 2) / head_dim))
     assert not any(p.is_meta for p in torch.nn.Linear(2, 2).parameters())  # the patch is gone afterwards
