@@ -329,6 +329,9 @@ def model_metrics(radgraph, bertscore, ratescore, chexbert, green) -> "ModelMetr
 
 DS_HELP = ("A ZeRO-3 config (ds_configs/zero3.json): the LLM is partitioned across the ranks of the launch "
            "(deepspeed / torchrun), for an LLM one GPU cannot hold. Default: each rank holds the whole model.")
+TP_HELP = ("Split the LLM's layers over N processes (tensor parallel, DeepSpeed AutoTP): launch exactly N "
+           "(deepspeed --num_gpus N / torchrun --nproc_per_node N); each holds 1/N of the LLM and they decode every "
+           "study together. Faster than --ds for an LLM one GPU cannot hold. 1: not split.")
 
 
 def eval_command(
@@ -353,6 +356,7 @@ def eval_command(
     bootstrap: int = typer.Option(1000, help=BOOTSTRAP_HELP),
     workers: int = typer.Option(2, help="Data-loader workers."),
     ds: Optional[str] = typer.Option(None, "--ds", help=DS_HELP),
+    tp: int = typer.Option(1, "--tp", help=TP_HELP),
     local_rank: int = typer.Option(-1, "--local_rank", "--local-rank", hidden=True),
     **generation,
 ):
@@ -364,7 +368,7 @@ def eval_command(
         split=split, out=out, shards=shards, llm=llm, vision_weights=vision_weights, checkpoint=checkpoint,
         allow_llm_mismatch=allow_llm_mismatch, meteor=meteor, labeler=labeler, labeler_weights=labeler_weights,
         models=model_metrics(radgraph, bertscore, ratescore, chexbert, green),
-        truncated_refs=truncated_refs, max_samples=max_samples, bootstrap=bootstrap, workers=workers, ds=ds,
+        truncated_refs=truncated_refs, max_samples=max_samples, bootstrap=bootstrap, workers=workers, ds=ds, tp=tp,
         generate=config_overrides(generation).get("generate", {}),  # over the run's own generation settings
     )
     plan = prepare(ckpt, opts)  # every input checked before the progress bar and the model load
@@ -375,8 +379,9 @@ def eval_command(
     if metrics:
         print_metrics(metrics, f"{ckpt.name} on {split} ({metrics['studies']} studies)")
         held = metrics["inference"]
-        if held["ds"]:
-            console.print(f"LLM partitioned over {held['ranks']} rank(s): rank 0 held {held['llm_weights_held_rank0']:,} "
+        if held["ds"] or held["tp"] > 1:
+            how = "partitioned" if held["ds"] else "tensor-parallel"
+            console.print(f"LLM {how} over {held['ranks']} rank(s): rank 0 held {held['llm_weights_held_rank0']:,} "
                           f"of {held['llm_weights_total']:,} weights")
         console.print("files: " + ", ".join(metrics["files"].values()))
 
@@ -393,19 +398,21 @@ def generate(
     allow_llm_mismatch: bool = typer.Option(False, help=MISMATCH_HELP),
     out: Optional[Path] = typer.Option(None, help="Write JSONL (.jsonl) or plain text (one report per line)."),
     ds: Optional[str] = typer.Option(None, "--ds", help=DS_HELP + " Every rank decodes every study; rank 0 writes."),
+    tp: int = typer.Option(1, "--tp", help=TP_HELP + " Rank 0 writes."),
     local_rank: int = typer.Option(-1, "--local_rank", "--local-rank", hidden=True),
     **generation,
 ):
     """Write reports for new chest X-ray images."""
     from r2g.eval.generate import collect_studies, generate_reports
-    from r2g.eval.reconstitute import load_run, open_run, partitioned_inference_config
+    from r2g.eval.reconstitute import load_run, open_run, partitioned_inference_config, tensor_parallel_inference_check
 
     # Every input checked before the model loads: each image decodes, the run folder and its base files exist.
     studies = collect_studies(inputs)
     run = open_run(ckpt, llm, vision_weights, checkpoint=checkpoint, allow_llm_mismatch=allow_llm_mismatch)
+    tensor_parallel_inference_check(run, tp, ds)
     ds_config = partitioned_inference_config(run, ds) if ds else None
-    # On the GPU when there is one, in the run's precision; with --ds, on every rank of the launch.
-    loaded = load_run(run, ds_config, config_overrides(generation).get("generate", {}))
+    # On the GPU when there is one, in the run's precision; with --ds or --tp, on every rank of the launch.
+    loaded = load_run(run, ds_config, config_overrides(generation).get("generate", {}), tp=tp)
     results = generate_reports(loaded, studies)
     if loaded.rank != 0:
         return
@@ -577,10 +584,16 @@ def plan(
     gpu: str = typer.Option("H100", help="GPU name for its bf16 peak (H100, H100 NVL, H200, B200, A100, ...: r2g/model/flops.py)."),
     gpu_tflops: Optional[float] = typer.Option(None, help="Peak TFLOP/s per GPU, instead of --gpu's."),
     device: str = typer.Option("cuda", help="cuda, or cpu: a CPU process as r2g trains there (fp32, no CUDA context)."),
+    test_studies: Optional[int] = typer.Option(None, help="Test studies to decode [MIMIC-CXR 3,858; IU-Xray 590]."),
+    link_gbps: Optional[float] = typer.Option(None, help="GB/s per GPU between GPUs, for ZeRO-3's gathers and TP's "
+                                                         "all-reduces [450 NVLink within a node, 50 across nodes]."),
+    hbm_gbps: Optional[float] = typer.Option(None, help="GPU memory bandwidth in GB/s, instead of --gpu's."),
     json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON instead of a table."),
     **settings,
 ):
-    """Will a training run fit in GPU memory, and how long will an epoch take? (no GPU, no weights needed)"""
+    """Will a training run fit in GPU memory, and how long will an epoch take? And decoding the test split: memory
+    per GPU and hours, with the LLM whole, ZeRO-3-partitioned (--ds) or tensor-parallel (--tp). (no GPU, no weights
+    needed)"""
     from r2g.config import ModelConfig, TrainConfig, dataset_name
     from r2g.model.flops import PEAK_FLOPS, peak_flops
     from r2g.plan import GIB, Setup, estimate, load_llm_shape, vision_shape
@@ -595,9 +608,11 @@ def plan(
     setup = Setup.from_config(model, train, gpus=gpus, nodes=nodes, mem_gib=gpu_mem, dataset=dataset_name(dataset),
                               studies=studies, device=device, mfu=mfu, peak_tflops=peak / 1e12 if peak else None)
     mode, grad_ckpt, precision = setup.mode, setup.grad_ckpt, setup.precision
-    result = estimate(load_llm_shape(llm), vision_shape(model), setup)
+    shape = load_llm_shape(llm)
+    result = estimate(shape, vision_shape(model), setup)
+    decoding = plan_decoding(shape, result, gpu, test_studies, link_gbps, hbm_gbps) if device == "cuda" else None
     if json_out:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps({**result.to_dict(), **({"decode": decoding} if decoding else {})}, indent=2))
         return
     s, seq, unit = result.setup, result.sequence, "GPU" if device == "cuda" else "process"
     table = Table(title=f"{llm} ({result.llm_params / 1e9:.2f}B) + Swin-B, {mode}, {s.world} {unit}(s), "
@@ -626,6 +641,41 @@ def plan(
     console.print("assumptions: " + ", ".join(f"{k} {v:g}" for k, v in result.assumptions.items()), highlight=False)
     for line in result.suggestions:
         console.print(f"[yellow]would fit:[/] {line}", highlight=False)
+    if decoding:
+        print_decoding(decoding, gpu_mem, s.world)
+
+
+def plan_decoding(shape, result, gpu: str, test_studies, link_gbps, hbm_gbps) -> dict:
+    """`r2g plan`'s eval side (r2g.plan_decode) for the planned GPUs, dataset and precision."""
+    from r2g.config import preset
+    from r2g.plan_decode import HBM_GBPS, TEST_STUDIES, DecodeSetup, assumptions, decode_ways
+
+    s, seq = result.setup, result.sequence
+    hbm = hbm_gbps or HBM_GBPS.get(gpu)
+    if hbm is None:
+        raise R2GError(f"--gpu '{gpu}': unknown memory bandwidth; name one of {', '.join(HBM_GBPS)}, or pass --hbm-gbps")
+    setup = DecodeSetup(gpus=s.world, nodes=s.nodes, bytes_per_weight=s.dtype_bytes()[0], hbm_gbps=hbm,
+                        link_gbps=link_gbps, studies=test_studies or TEST_STUDIES[s.dataset],
+                        prompt_tokens=seq["prompt"] + seq["visual"], max_new_tokens=preset(s.dataset)["max_new_tokens"],
+                        prefetch_elements=s.ds.prefetch_bucket_size)
+    return {"ways": [w.to_dict() for w in decode_ways(shape, setup)], "assumptions": assumptions(setup)}
+
+
+def print_decoding(decoding: dict, gpu_mem: float, gpus: int) -> None:
+    names = {"whole": "whole on every GPU", "zero3": "--ds zero3.json (ZeRO-3)", "tp": f"--tp {gpus} (tensor parallel)"}
+    a = decoding["assumptions"]
+    table = Table(title=f"decoding {a['test_studies']:,} test studies on {gpus} GPU(s): batch {a['batch_size']}, "
+                        f"{a['num_beams']} beams, up to {a['steps_per_batch (max_new_tokens)']} tokens")
+    for column in ("LLM held", "GiB per GPU", "ms per token step", "batches at once", "hours"):
+        table.add_column(column, justify="left" if column == "LLM held" else "right")
+    for w in decoding["ways"]:
+        fits = "" if w["memory_gib"] <= gpu_mem else " [red](does not fit)[/]"
+        table.add_row(names[w["name"]], f"{w['memory_gib']:.1f}{fits}", f"{w['step_ms']:.1f}",
+                      str(w["batches_at_once"]), f"{w['hours']:.2f}")
+    table.caption = ("memory-bound decoding: every token step reads every weight (ZeRO-3 also gathers them over "
+                     "the link; TP all-reduces activations twice per layer); prefill not counted")
+    console.print(table)
+    console.print("decode assumptions: " + ", ".join(f"{k} {v:g}" for k, v in a.items()), highlight=False)
 
 
 app.command()(with_config_flags(plan, ("model", "train"), only=PLAN_SETTINGS))

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 # Every runnable script in bench/ and the test here that runs it (a new bench needs a test that checks its header).
 BENCHES = {"train_step.py", "generate.py", "encoder_probe.py", "metrics.py", "label_stats.py", "length_grouping.py",
            "grad_ckpt.py", "llm7b_zero3.py", "plan_check.py", "gpu_check.py", "intervals.py",
-           "shard_speed.py"}  # gpu_check: tests/test_gpu_check.py
+           "shard_speed.py", "tp_decode.py"}  # gpu_check: tests/test_gpu_check.py
 
 
 def run_script(script: str, *args: str) -> str:
@@ -282,3 +282,18 @@ def test_shard_speed_compares_both_decodes_on_one_mimic_size_image(tmp_path):
     assert set(steps) == {"read", "decode", "resize", "resize_lanczos", "encode", "decode_1_8"}
     assert all(v > 0 for v in steps.values())
     assert row["ceiling_speedup"] == pytest.approx(1000 / row["full_per_core"] / steps["decode_1_8"], rel=0.02)
+
+
+def test_tp_decode_bench_says_what_it_would_write_and_compares_with_one_process():
+    out = run_script("tp_decode.py", "--dry-run")
+    work = ROOT / "runs" / "tp_decode"
+    assert f"writing the 1b LLM (random bf16 weights): 1.88 GB to {work / 'llm-1b'} " in out \
+        or f"reusing the 1b LLM in {work / 'llm-1b'}" in out
+    from bench.tp_decode import ratios
+
+    measured = {"whole": {"tokens_per_s": 2.0, "max_rank_peak_uss_gb": 4.0},
+                "zero3": {"tokens_per_s": 0.5, "max_rank_peak_uss_gb": 3.0},
+                "tp": {"tokens_per_s": 3.0, "max_rank_peak_uss_gb": 2.0}}
+    assert ratios(measured) == {"whole": {"tokens_per_s": 1.0, "peak_uss_per_rank": 1.0},
+                                "zero3": {"tokens_per_s": 0.25, "peak_uss_per_rank": 0.75},
+                                "tp": {"tokens_per_s": 1.5, "peak_uss_per_rank": 0.5}}

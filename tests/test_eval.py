@@ -140,34 +140,81 @@ def launched(*args: str, procs: int = 2) -> subprocess.CompletedProcess:
     return subprocess.run([*launch, *args], capture_output=True, text=True, env=_env(), timeout=600, cwd=ROOT)
 
 
-def test_eval_and_generate_with_the_llm_partitioned_over_two_ranks_give_the_one_process_reports(run_dir, assets, tmp_path):
-    """`--ds zero3.json` under a launcher: each rank holds half of the LLM, gathered layer by layer as the ranks
-    decode in step, and the reports are those of one process holding it whole (eval at batch 1, so that no
-    padding differs between the two ways of splitting the split)."""
-    common = ("eval", "--ckpt", str(run_dir), "--no-meteor", "--workers", "1", "--gen-batch-size", "1",
-              "--num-beams", "2", "--max-new-tokens", "6", "--min-new-tokens", "1")
-    r = r2g(*common, "--out", str(tmp_path / "whole"))
+# Settings shared by the one-process and the multi-rank decodes compared below: eval at batch 1, so that no
+# padding differs between the ways of splitting the split.
+EVAL_ON_RANKS = ("--no-meteor", "--workers", "1", "--gen-batch-size", "1", "--num-beams", "2", "--max-new-tokens", "6",
+                 "--min-new-tokens", "1", "--bootstrap", "50")
+GENERATE_ON_RANKS = ("--num-beams", "2", "--max-new-tokens", "6", "--min-new-tokens", "1")
+
+
+@pytest.fixture(scope="module")
+def one_process(run_dir, assets, tmp_path_factory) -> Path:
+    """eval (folder `whole`) and generate (`whole.jsonl`) in one process holding the model whole: what every way of
+    splitting the LLM over ranks must reproduce."""
+    out = tmp_path_factory.mktemp("one_process")
+    r = r2g("eval", "--ckpt", str(run_dir), *EVAL_ON_RANKS, "--out", str(out / "whole"))
     assert r.returncode == 0, r.stdout + r.stderr
-    r = launched(*common, "--ds", "ds_configs/zero3.json", "--out", str(tmp_path / "partitioned"))
+    r = r2g("generate", "--ckpt", str(run_dir), image(assets, 1), image(assets, 2), *GENERATE_ON_RANKS,
+            "--out", str(out / "whole.jsonl"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    return out
+
+
+def predictions(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+
+
+def test_eval_and_generate_with_the_llm_partitioned_over_two_ranks_give_the_one_process_reports(
+        run_dir, assets, one_process, tmp_path):
+    """`--ds zero3.json` under a launcher: each rank holds half of the LLM, gathered layer by layer as the ranks
+    decode in step, and the reports are those of one process holding it whole."""
+    r = launched("eval", "--ckpt", str(run_dir), *EVAL_ON_RANKS, "--ds", "ds_configs/zero3.json",
+                 "--out", str(tmp_path / "partitioned"))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "LLM partitioned over 2 rank(s): rank 0 held" in r.stdout
-    whole, partitioned = ([json.loads(line) for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
-                          for name in ("whole", "partitioned"))
+    whole, partitioned = predictions(one_process / "whole"), predictions(tmp_path / "partitioned")
     assert [row["id"] for row in partitioned] == ["s0030", "s0031", "s0032", "s0033"]
     assert [row["prediction"] for row in partitioned] == [row["prediction"] for row in whole]
     metrics = json.loads((tmp_path / "partitioned" / "metrics.json").read_text())
     held, total = metrics["inference"]["llm_weights_held_rank0"], metrics["inference"]["llm_weights_total"]
     assert metrics["inference"]["ranks"] == 2 and total // 2 <= held <= total // 2 + 64  # half, plus padding
-    one = json.loads((tmp_path / "whole" / "metrics.json").read_text())["inference"]
+    one = json.loads((one_process / "whole" / "metrics.json").read_text())["inference"]
     assert one["ranks"] == 1 and one["llm_weights_held_rank0"] == one["llm_weights_total"] == total
 
-    common = ("generate", "--ckpt", str(run_dir), image(assets, 1), image(assets, 2), "--num-beams", "2",
-              "--max-new-tokens", "6", "--min-new-tokens", "1")
-    r = r2g(*common, "--out", str(tmp_path / "whole.jsonl"))
-    assert r.returncode == 0, r.stdout + r.stderr
-    r = launched(*common, "--ds", "ds_configs/zero3.json", "--out", str(tmp_path / "partitioned.jsonl"))
+    r = launched("generate", "--ckpt", str(run_dir), image(assets, 1), image(assets, 2), *GENERATE_ON_RANKS,
+                 "--ds", "ds_configs/zero3.json", "--out", str(tmp_path / "partitioned.jsonl"))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert (tmp_path / "partitioned.jsonl").read_text() == (tmp_path / "whole.jsonl").read_text()
+    assert (tmp_path / "partitioned.jsonl").read_text() == (one_process / "whole.jsonl").read_text()
+
+
+def test_eval_and_generate_with_the_llm_tensor_parallel_over_two_ranks_give_the_one_process_reports(
+        run_dir, assets, one_process, tmp_path):
+    """`--tp 2` under a launcher: DeepSpeed AutoTP splits every decoder layer's linears over the two ranks, each
+    reading only its slices, both decoding every study in step; reports and scores are one process's. Each rank
+    holds half of every decoder linear; embeddings and norms are whole on every rank, and the tiny LLM's LM head
+    (64 input features, which AutoTP splits in blocks of 64) lies on rank 0."""
+    r = launched("eval", "--ckpt", str(run_dir), *EVAL_ON_RANKS, "--tp", "2", "--out", str(tmp_path / "tp"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "LLM tensor-parallel over 2 rank(s): rank 0 held" in r.stdout
+    whole, split = predictions(one_process / "whole"), predictions(tmp_path / "tp")
+    assert [row["id"] for row in split] == ["s0030", "s0031", "s0032", "s0033"]
+    assert [row["prediction"] for row in split] == [row["prediction"] for row in whole]
+    scores = [{k: v for k, v in json.loads((folder / "metrics.json").read_text()).items() if k not in ("inference", "files")}
+              for folder in (one_process / "whole", tmp_path / "tp")]
+    assert scores[0] == scores[1]
+    held = json.loads((tmp_path / "tp" / "metrics.json").read_text())["inference"]
+    llm = json.loads((assets / "llm" / "config.json").read_text())
+    h, inter, layers, vocab = llm["hidden_size"], llm["intermediate_size"], llm["num_hidden_layers"], llm["vocab_size"]
+    linears = 4 * h * h + 3 * h * inter  # q, k, v, o; gate, up, down
+    norms = (2 * layers + 1) * h
+    assert held["ranks"] == 2 and held["tp"] == 2
+    assert held["llm_weights_total"] == layers * linears + norms + 2 * vocab * h
+    assert held["llm_weights_held_rank0"] == layers * linears // 2 + norms + 2 * vocab * h
+
+    r = launched("generate", "--ckpt", str(run_dir), image(assets, 1), image(assets, 2), *GENERATE_ON_RANKS,
+                 "--tp", "2", "--out", str(tmp_path / "tp.jsonl"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (tmp_path / "tp.jsonl").read_text() == (one_process / "whole.jsonl").read_text()
 
 
 def test_generate_writes_reports_and_rejects_unreadable_images(run_dir, assets, tmp_path):
@@ -355,6 +402,7 @@ def test_bad_inputs_fail_before_any_model_loads(run_dir, assets, tmp_path, monke
 
     monkeypatch.setattr(reconstitute_module, "load_for_inference", must_not_run)  # what load_run calls
     monkeypatch.setattr(reconstitute_module, "load_partitioned_for_inference", must_not_run)
+    monkeypatch.setattr(reconstitute_module, "load_tensor_parallel_for_inference", must_not_run)
     monkeypatch.setattr(cli, "progress_bar", must_not_run)
     (tmp_path / "broken.png").write_bytes(b"not an image")
     good = Path(image(assets)).read_bytes()
@@ -365,6 +413,10 @@ def test_bad_inputs_fail_before_any_model_loads(run_dir, assets, tmp_path, monke
     config = json.loads((mixed / "r2g_config.json").read_text())
     config["train"]["precision"] = "bf16-mixed"
     (mixed / "r2g_config.json").write_text(json.dumps(config))
+    lora = shutil.copytree(run_dir, tmp_path / "lora", ignore=shutil.ignore_patterns("checkpoints"))
+    config = json.loads((lora / "r2g_config.json").read_text())
+    config["model"]["llm_lora"] = True
+    (lora / "r2g_config.json").write_text(json.dumps(config))
     cases = [
         (("generate", *ckpt, image(assets), tmp_path / "broken.png"), "broken.png: not a readable image"),
         (("generate", *ckpt, image(assets), tmp_path / "missing.png"), "missing.png: image not found"),
@@ -384,6 +436,13 @@ def test_bad_inputs_fail_before_any_model_loads(run_dir, assets, tmp_path, monke
         (("eval", *ckpt, "--ds", "ds_configs/zero2.json"), "needs ZeRO-3"),
         (("eval", "--ckpt", mixed, "--ds", "ds_configs/zero3.json"), "trained in bf16-mixed"),
         (("generate", *ckpt, image(assets), "--ds", "ds_configs/zero2.json"), "needs ZeRO-3"),
+        # --tp: one process per slice (this is a world of one), whole heads per rank (the tiny LLM has 2)
+        (("eval", *ckpt, "--tp", "2"), "--tp 2: launch exactly 2 processes"),
+        (("generate", *ckpt, image(assets), "--tp", "2"), "this launch has 1"),
+        (("eval", *ckpt, "--tp", "3"), "has 2 key/value heads; each rank needs at least one, so --tp can be at most 2"),
+        (("eval", *ckpt, "--tp", "0"), "--tp 0: give the number of processes"),
+        (("eval", *ckpt, "--tp", "2", "--ds", "ds_configs/zero3.json"), "choose one way to split the LLM"),
+        (("generate", "--ckpt", lora, image(assets), "--tp", "2"), "trained LoRA inside the LLM (--llm-lora)"),
     ]
     for args, message in cases:
         r = r2g_here(*args)

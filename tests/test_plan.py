@@ -289,3 +289,45 @@ def test_peak_counts_the_larger_of_activations_and_gradients():
     # CUDA: DeepSpeed allocates the buckets once, so they persist -> 23 + max(8, 5)
     assert peak(rows, Setup(device="cuda")) == 23 + 8
     assert peak(rows | {"ZeRO-3 gathered weights": 6}, Setup(device="cuda")) == 23 + 6 + 8
+
+
+def test_decoding_plan_against_hand_computed_steps_memory_and_hours():
+    """r2g.plan_decode on TINY (1,352 weights: embeddings and LM head 2 x 80, two layers of 592, final norm 8), 2 GPUs,
+    bf16, memory and link at 1 GB/s, 10 us per all-reduce; 10 studies in batches of 2, 1 beam, 6 prompt tokens,
+    4 new tokens: KV cache 2 x 2 layers x 4 (kv_dim) x 2 bytes x 20 tokens = 640 bytes."""
+    from r2g.plan import GPU_ASSUMPTIONS
+    from r2g.plan_decode import DecodeSetup, decode_ways, kv_cache_bytes, replicated_params
+
+    s = DecodeSetup(gpus=2, bytes_per_weight=2, hbm_gbps=1, link_gbps=1, allreduce_latency_us=10, studies=10,
+                    prompt_tokens=6, batch_size=2, num_beams=1, max_new_tokens=4, prefetch_elements=0)
+    assert TINY.params == 1352 and kv_cache_bytes(TINY, s) == 640 and replicated_params(TINY) == 80 + 5 * 8
+    whole, zero3, tp = decode_ways(TINY, s)
+    # whole: all 2,704 weight bytes and the KV cache read per step; 2 GPUs take 5 batches in 3 rounds
+    assert whole.step_ms == pytest.approx(3344e-9 * 1e3) and whole.batches_at_once == 2
+    assert whole.hours == pytest.approx(3 * 4 * 3344e-9 / 3600)
+    # ZeRO-3: the same read plus half the weights (1,352 bytes) gathered from the other GPU
+    assert zero3.step_ms == pytest.approx(4696e-9 * 1e3) and zero3.hours == pytest.approx(3 * 4 * 4696e-9 / 3600)
+    # TP: half of the 1,232 split weights (1,232 bytes) + the 120 whole ones (240 bytes) + half the KV cache read;
+    # 4 all-reduces of 32 bytes of hidden states and one of 40 bytes of logits, each moving 2 x 1/2 of its size
+    assert tp.step_ms == pytest.approx((1792e-9 + 5 * 10e-6 + 4 * 32e-9 + 40e-9) * 1e3) and tp.batches_at_once == 1
+    assert tp.hours == pytest.approx(5 * 4 * 51.96e-6 / 3600)
+    # memory: tensors (+10 % allocator slack) + CUDA context + NCCL buffers
+    workspace = (GPU_ASSUMPTIONS["cuda_context_gib"] + GPU_ASSUMPTIONS["nccl_gib"]) * GIB
+    for way, tensors in ((whole, 2704 + 640), (zero3, 1352 + 2 * 592 + 640), (tp, 1472 + 320)):
+        assert way.memory_gib * GIB == pytest.approx(tensors * 1.1 + workspace), way.name
+
+
+def test_plan_command_shows_the_decoding_side(tmp_path):
+    """70B on 8 H100s: whole does not fit in 80 GB; TP's token step is several times ZeRO-3's per batch."""
+    from typer.testing import CliRunner
+
+    from r2g import cli
+
+    r = CliRunner().invoke(cli.app, ["plan", "--llm", "llama2-70b", "--gpus", "8", "--json"])
+    assert r.exit_code == 0, r.output
+    ways = {w["name"]: w for w in json.loads(r.output)["decode"]["ways"]}
+    assert ways["whole"]["memory_gib"] > 80 > ways["tp"]["memory_gib"] and ways["zero3"]["memory_gib"] < 80
+    assert ways["zero3"]["step_ms"] / ways["zero3"]["batches_at_once"] > 3 * ways["tp"]["step_ms"]
+    assert json.loads(r.output)["decode"]["assumptions"]["test_studies"] == 3858
+    r = CliRunner().invoke(cli.app, ["plan", "--llm", "llama2-7b", "--gpu", "nope", "--gpu-tflops", "100"])
+    assert "unknown memory bandwidth" in str(r.exception)

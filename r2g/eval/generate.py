@@ -39,8 +39,8 @@ def collect_studies(inputs: list[str]) -> list[list[Path]]:
 
 def reports_for_images(run: LoadedRun, studies: list[list[Image.Image]], gen: GenerateConfig | None = None) -> list[str]:
     """One report per study (its views as decoded images), in order, by the run (`load_run`) with its generation
-    settings or `gen`. With the LLM partitioned over several ranks (`run.synced`), every rank runs this on the
-    same studies, stepping together until all ranks' beams are done."""
+    settings or `gen`. With the LLM partitioned or split over several ranks (`run.synced`: --ds, --tp), every rank
+    runs this on the same studies, stepping together until all ranks' beams are done."""
     model, precision, device, gen = run.model, run.precision, run.device, gen or run.generate
     transform = image_transform(run.cfg.data.image_size)
     collate = Collate(run.cfg.data.max_views)

@@ -4,7 +4,8 @@
 its config hash, the vision weights, the trained weights), so bad input fails in a second, before any model
 loads; `load_run` then loads it, ready to decode: whole (`load_for_inference`: on CUDA when there is a GPU,
 else on the CPU, in the run's training precision resolved there; r2g.precision's default "auto" is bf16 on
-CUDA, fp32 on the CPU) or with its LLM partitioned across the ranks (`load_partitioned_for_inference`).
+CUDA, fp32 on the CPU), with its LLM partitioned across the ranks (ZeRO-3, `load_partitioned_for_inference`), or
+with its LLM's layers split across the ranks (tensor parallel, `load_tensor_parallel_for_inference`).
 
 The base LLM comes from `r2g_config.json` (or `--llm`), checked against the config hash recorded at
 training time; the trained weights come from `trainable.safetensors` (the best validation export) or, with
@@ -18,6 +19,7 @@ the run folder and each folder above it; `--llm`, `--vision-weights` and `--shar
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,6 +193,44 @@ def load_partitioned_for_inference(folder: RunFolder, ds: dict, world: int, batc
     return engine, precision
 
 
+def tensor_parallel_inference_check(folder: RunFolder, tp: int, ds: str | None = None) -> int:
+    """eval's and generate's --tp, checked with the run before any model loads: the number of ranks the LLM's
+    layers are split over (1: not split). The launch must have exactly `tp` processes (no data-parallel groups
+    beside the split: every rank decodes every study), which cannot mix with ZeRO-3 (--ds)."""
+    from r2g.dist import free_port
+    from r2g.launch import detect_launch
+    from r2g.model.tp_load import check_tensor_parallel
+
+    if tp < 1:
+        raise R2GError(f"--tp {tp}: give the number of processes to split the LLM over (1 = not split)")
+    if tp == 1:
+        return tp
+    if ds:
+        raise R2GError(f"--tp {tp} with --ds {ds}: choose one way to split the LLM (tensor-parallel slices or "
+                       "ZeRO-3 partitions)")
+    if folder.cfg.model.llm_lora:
+        raise R2GError(f"--tp {tp}: {folder.path} trained LoRA inside the LLM (--llm-lora), which AutoTP cannot "
+                       "split; decode it whole or with --ds ds_configs/zero3.json")
+    check_tensor_parallel(folder.cfg.model.llm, tp, detect_launch(os.environ, free_port).world)
+    return tp
+
+
+def load_tensor_parallel_for_inference(folder: RunFolder, tp: int, device: torch.device | None = None):
+    """`load_for_inference` with the LLM's layers split over the `tp` ranks of the launch by DeepSpeed AutoTP
+    (r2g/model/tp_load.py), each rank reading only its slices; Swin and the mapper are whole on every rank.
+    Every rank must run every forward pass on the same inputs (decode's `synced`)."""
+    from r2g.model.llm import load_llm
+    from r2g.model.r2gen import build_model
+
+    device, precision = inference_placement(folder.cfg.train.precision, device)
+    llm, tokenizer = load_llm(folder.cfg.model.llm, precision.llm_dtype, tensor_parallel=tp)
+    model = build_model(folder.cfg.model, llm, tokenizer)
+    model.load_trainable_state_dict(trained_weights(folder))
+    if precision.ds_bf16:
+        model.to_bf16()
+    return model.to(device).eval(), precision
+
+
 @dataclass(frozen=True)
 class LoadedRun:
     """A run loaded for decoding (`load_run`): what `r2g eval`, `r2g generate` and a server decode with."""
@@ -205,6 +245,7 @@ class LoadedRun:
     # ZeRO-3 only: the DeepSpeed engine whose hooks gather each partitioned layer for its forward pass. Held
     # here so it lives as long as this object: keep the LoadedRun, not only its model, while decoding.
     engine: Any = None
+    tp: int = 1  # ranks the LLM's layers are split over (tensor parallel); 1: not split
 
     @property
     def cfg(self) -> RunConfig:
@@ -218,19 +259,33 @@ class LoadedRun:
     def synced(self) -> bool:
         """The LLM is partitioned over several ranks: every rank must run every forward pass, on its own studies
         or the same ones, until all ranks are done (HF generate's `synced_gpus`)."""
-        return self.engine is not None and self.world > 1
+        return (self.engine is not None or self.tp > 1) and self.world > 1
+
+    @property
+    def data_ranks(self) -> tuple[int, int]:
+        """(this rank's index, number of ranks) among the ranks that split a split's studies: tensor-parallel
+        ranks compute one forward pass together, so each of them decodes every study."""
+        return (0, 1) if self.tp > 1 else (self.rank, self.world)
+
+    def llm_weights_held(self) -> tuple[int, int]:
+        """(LLM weights this rank holds, weights in the LLM)."""
+        from r2g.model.tp_load import llm_elements_split
+        from r2g.model.zero3_load import llm_elements_held
+
+        return llm_elements_split(self.model.llm) if self.tp > 1 else llm_elements_held(self.model.llm)
 
 
 def load_run(folder: RunFolder, ds: dict | None = None, generate: dict[str, Any] | None = None,
-             distributed: bool = False) -> LoadedRun:
+             distributed: bool = False, tp: int = 1) -> LoadedRun:
     """`folder`'s run (from `open_run`) ready to decode: the one inference loading sequence.
 
     ds: a ZeRO-3 config from `partitioned_inference_config`: the LLM partitioned across the ranks of the launch
     (deepspeed / torchrun; a world of one under plain python). distributed: join the launcher's process group
     with the whole model on every rank (r2g eval splits a split across them). Neither: this process alone.
+    tp: the LLM's layers split over the tp ranks of the launch (from `tensor_parallel_inference_check`).
     generate: GenerateConfig fields over the run's own (None values ignored)."""
     rank, world, device = 0, 1, None
-    if ds is not None or distributed:  # ZeRO-3 needs a process group, even a world of one
+    if ds is not None or distributed or tp > 1:  # ZeRO-3 needs a process group, even a world of one
         from r2g.dist import init_distributed
 
         rank, world, device = init_distributed()
@@ -239,6 +294,8 @@ def load_run(folder: RunFolder, ds: dict | None = None, generate: dict[str, Any]
     if ds is not None:
         engine, precision = load_partitioned_for_inference(folder, ds, world, gen.batch_size, device)
         model = engine.module
+    elif tp > 1:
+        model, precision = load_tensor_parallel_for_inference(folder, tp, device)
     else:
         model, precision = load_for_inference(folder, device)
-    return LoadedRun(folder, model, precision, gen, next(model.parameters()).device, rank, world, engine)
+    return LoadedRun(folder, model, precision, gen, next(model.parameters()).device, rank, world, engine, tp)

@@ -21,9 +21,9 @@ from typing import Any
 
 from r2g.data.loader import SplitShards, make_loader, split_shards, study_images
 from r2g.eval.decode import decode, per_rank_limit
-from r2g.eval.reconstitute import RunFolder, load_run, open_run, partitioned_inference_config
+from r2g.eval.reconstitute import (RunFolder, load_run, open_run, partitioned_inference_config,
+                                   tensor_parallel_inference_check)
 from r2g.metrics.model_based import ModelMetrics, check_folders
-from r2g.model.zero3_load import llm_elements_held
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class EvalOptions:
     bootstrap: int = 1000  # resamples of the studies for each metric's interval; 0 = none
     workers: int = 2
     ds: str | None = None  # a ZeRO-3 config: the model partitioned across the ranks; None = each rank holds it whole
+    tp: int = 1  # ranks the LLM's layers are split over (tensor parallel, = the launch's processes); 1 = not split
 
 
 def truncate_like_reference(texts: list[str], tokenizer, max_tokens: int) -> list[str]:
@@ -91,6 +92,7 @@ def prepare(run: str | Path, opts: EvalOptions = EvalOptions()) -> EvalPlan:
     label = load_labeler(opts.labeler, opts.labeler_weights)
     check_resamples(opts.bootstrap)
     check_folders(opts.models)
+    tensor_parallel_inference_check(folder, opts.tp, opts.ds)
     ds = partitioned_inference_config(folder, opts.ds) if opts.ds else None
     total = checked.samples
     return EvalPlan(folder, opts, checked, min(total, opts.max_samples) if opts.max_samples else total, label, ds)
@@ -104,19 +106,21 @@ def evaluate(plan: EvalPlan, on_batch: Callable[[int], None] | None = None) -> d
 
     folder, opts, run = plan.run, plan.opts, plan.run.path
     # Launched by deepspeed / torchrun: split the set across ranks. `loaded` lives until the end (ZeRO-3's engine).
-    loaded = load_run(folder, plan.ds, opts.generate, distributed="RANK" in os.environ)
+    # With --tp every rank decodes every study (the ranks compute each forward pass together); otherwise the ranks
+    # split the studies.
+    loaded = load_run(folder, plan.ds, opts.generate, distributed="RANK" in os.environ, tp=opts.tp)
     model, precision, gen, device = loaded.model, loaded.precision, loaded.generate, loaded.device
-    rank, world = loaded.rank, loaded.world
+    data_rank, data_world = loaded.data_ranks
     cfg, shards, split = folder.cfg, folder.cfg.data.shards, opts.split
-    held, total = llm_elements_held(model.llm)
+    held, total = loaded.llm_weights_held()
     # plan.shards was checked strictly: a score must cover the whole split
     loader, _ = make_loader(plan.shards, dataclasses.replace(cfg.data, workers=opts.workers), batch_size=gen.batch_size,
-                            train=False, rank=rank, world=world)
-    per_rank = per_rank_limit(opts.max_samples, world)
+                            train=False, rank=data_rank, world=data_world)
+    per_rank = per_rank_limit(opts.max_samples, data_world)
     with precision.autocast(device):  # decode in the precision the run trained in
-        rows = decode(model, loader, gen, device, precision.input_dtype, max_samples=per_rank, distributed=world > 1,
-                      synced=loaded.synced, on_batch=on_batch)
-    if rank != 0:
+        rows = decode(model, loader, gen, device, precision.input_dtype, max_samples=per_rank,
+                      distributed=data_world > 1, synced=loaded.synced, on_batch=on_batch)
+    if loaded.rank != 0:
         return {}
 
     out = Path(opts.out) if opts.out else run / f"eval-{split}"
@@ -135,7 +139,8 @@ def evaluate(plan: EvalPlan, on_batch: Callable[[int], None] | None = None) -> d
         labeler=opts.labeler, generate=dataclasses.asdict(gen), run=str(run), shards=str(shards),
         weights=opts.checkpoint or "trainable.safetensors",
         # How the model was held: a partitioned LLM must not change any number, and this says it was.
-        inference={"ranks": world, "ds": opts.ds, "llm_weights_held_rank0": held, "llm_weights_total": total},
+        inference={"ranks": loaded.world, "ds": opts.ds, "tp": opts.tp, "llm_weights_held_rank0": held,
+                   "llm_weights_total": total},
     )
 
     with open(out / "predictions.jsonl", "w") as f:

@@ -21,6 +21,7 @@ from transformers.integrations import deepspeed_config, is_deepspeed_zero3_enabl
 
 from r2g.config import ModelConfig
 from r2g.errors import R2GError
+from r2g.model.tp_load import load_tensor_parallel
 from r2g.model.zero3_load import load_partitioned
 
 LLM_HINT = (
@@ -37,11 +38,13 @@ def _check_folder(path: str | Path) -> Path:
     return folder
 
 
-def load_llm(path: str | Path, dtype: torch.dtype | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_llm(path: str | Path, dtype: torch.dtype | None = None,
+             tensor_parallel: int = 1) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A frozen causal LM and its tokenizer from the local folder `path` (never the Hub).
 
     dtype: parameter dtype; None means float32 (transformers 5 would otherwise use the checkpoint's dtype,
     e.g. fp16 for Llama-2, which is wrong on CPU). Pass torch.bfloat16 on GPU.
+    tensor_parallel: > 1 splits its layers over that many ranks (r2g/model/tp_load.py), each reading its slices.
     """
     folder = _check_folder(path)
     try:
@@ -51,7 +54,9 @@ def load_llm(path: str | Path, dtype: torch.dtype | None = None) -> tuple[PreTra
     if tokenizer.eos_token_id is None:
         raise R2GError(f"{folder}: the tokenizer has no eos token; set eos_token in tokenizer_config.json")
     try:
-        if is_deepspeed_zero3_enabled():  # each rank reads only its own partition of every weight
+        if tensor_parallel > 1:  # each rank reads only its own slice of every split weight
+            model = load_tensor_parallel(folder, dtype or torch.float32, tensor_parallel)
+        elif is_deepspeed_zero3_enabled():  # each rank reads only its own partition of every weight
             model = load_partitioned(folder, dtype or torch.float32, deepspeed_config())
         else:
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or torch.float32, local_files_only=True)
