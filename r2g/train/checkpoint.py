@@ -145,7 +145,8 @@ def resume(engine, out: Path, rank: int, world: int, seed: int) -> dict:
         raise R2GError(f"{folder} holds no {WORLD_STATE} (it was written by an r2g older than resumes on any "
                        "process count, or it is damaged); write the name of another complete checkpoint into "
                        "checkpoints/latest or train into a new --out")
-    state = torch.load(folder / WORLD_STATE, map_location="cpu", weights_only=False)  # our own file
+    # Our own file. Mapped, not read: each rank copies only its slices out of it (1.1 GB in deep mode at 7B).
+    state = torch.load(folder / WORLD_STATE, map_location="cpu", weights_only=False, mmap=True)
     load_world_state(engine, state)
     if state["world"] != world:
         reseed(seed, state["client"]["global_step"], rank)
