@@ -30,6 +30,9 @@ filling the 100-token budget (MIMIC-CXR's worst case), micro-batch 6:
      over NCCL at every step, after rank 0's scoring and export, around checkpoint commits (train-zero3, resume;
      over NCCL only with 2+ GPUs: with one GPU the commands run on one rank)
    - RNG: train/checkpoint.rng_state / set_rng_state save and restore every GPU's generator per rank (resume)
+   - resume state: train/world_state gathers masters and Adam moments off the GPU partitions and scatters them
+     back, with fused Adam's step count on the weights' device and the bf16 working weights set from the
+     masters (train-zero3 saves, resume loads)
 Writes gpu_check.json and gpu_check.md into --out and prints the markdown.
 """
 

@@ -1,6 +1,6 @@
 """Two nodes on one machine: two torchrun agents (`--nnodes 2 --node_rank 0|1`) meet at one rendezvous and train
 one run, which writes each checkpoint once, and resume from it reproduces the steps it had trained; resuming it
-on one process is refused."""
+on one process without --global-batch (which would halve the global batch) is refused."""
 
 from __future__ import annotations
 
@@ -38,13 +38,13 @@ def test_two_nodes_train_one_run_and_resume_it(assets, tmp_path):
     first = losses(out)
     assert sorted(first) == [1, 2, 3, 4]
 
-    # Each checkpoint once: the model states by rank 0 alone, one optimizer partition and one set of random
-    # generator states per rank, nothing else.
+    # Each checkpoint once: the model states and r2g's whole state by rank 0 alone, one optimizer partition and
+    # one set of random generator states per rank, nothing else.
     ckpt = out / "checkpoints"
     assert sorted(p.name for p in ckpt.glob("step*")) == ["step00000002", "step00000004"] and not list(ckpt.glob("partial-*"))
     for tag in ("step00000002", "step00000004"):
         assert sorted(p.name for p in (ckpt / tag).iterdir()) == [
-            "mp_rank_00_model_states.pt", "rng_rank00000.pt", "rng_rank00001.pt",
+            "mp_rank_00_model_states.pt", "r2g_state.pt", "rng_rank00000.pt", "rng_rank00001.pt",
             "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
     assert (out / "trainable.safetensors").is_file() and json.loads((out / "best.json").read_text())["step"] == 4
 
@@ -63,7 +63,8 @@ def test_two_nodes_train_one_run_and_resume_it(assets, tmp_path):
     assert again[3] == pytest.approx(first[3], rel=1e-5, abs=1e-6)
     assert again[4] == pytest.approx(first[4], rel=1e-5, abs=1e-6)
 
-    # The same run on one process: refused, naming both counts, before DeepSpeed's traceback.
+    # The same run on one process without --global-batch: refused, naming both global batches and the fix.
     one = train(assets, out, *common, "--resume", check=False)
-    assert one.returncode == 2 and "was written by 2 process(es), this launch has 1" in one.stdout
+    assert one.returncode == 2 and "global batch is 8 studies per step (2 process(es)" in one.stdout
+    assert "Pass --global-batch 8" in one.stdout
     assert "Traceback" not in one.stdout + one.stderr

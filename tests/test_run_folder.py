@@ -36,12 +36,12 @@ def test_the_record_is_written_atomically_with_its_meta(tmp_path):
 def test_a_resume_may_change_only_how_long_and_how_visibly_the_run_goes_on(tmp_path):
     _run(tmp_path, max_steps=4).save(tmp_path / RECORD, {"llm_config_sha256": HASH})
     same = _run(tmp_path, max_steps=4, resume=True)
-    assert resumed_changes(tmp_path, same, HASH) == {}  # --resume itself is no change
+    assert resumed_changes(tmp_path, same, HASH, 1) == {}  # --resume itself is no change
 
     longer = _run(tmp_path, max_steps=8, val_every=2, resume=True)
-    changes = resumed_changes(tmp_path, longer, HASH)
+    changes = resumed_changes(tmp_path, longer, HASH, 1)
     assert changes == {"train.max_steps": [4, 8], "train.val_every": [0, 2]}
-    record_resume(tmp_path, longer, changes, step=4)
+    record_resume(tmp_path, longer, changes, step=4, world=1)
     saved, meta = RunConfig.load_record(tmp_path / RECORD)
     assert saved.train.max_steps == 8 and meta["llm_config_sha256"] == HASH
     assert meta["changes"] == [{"step": 4, "settings": {"train.max_steps": [4, 8], "train.val_every": [0, 2]}}]
@@ -49,14 +49,32 @@ def test_a_resume_may_change_only_how_long_and_how_visibly_the_run_goes_on(tmp_p
     other = RunConfig(data=same.data, model=ModelConfig(llm=same.model.llm, mode="shallow", lora_r=8),
                       train=TrainConfig(out=str(tmp_path), max_steps=4, lr=3e-4, resume=True))
     with pytest.raises(R2GError) as refused:
-        resumed_changes(tmp_path, other, HASH)
+        resumed_changes(tmp_path, other, HASH, 1)
     message = str(refused.value)
     for named in ("--mode was 'delta', now 'shallow'", "--lora-r was 16, now 8", "--lr was 0.0001, now 0.0003"):
         assert named in message
     assert "--max-steps" in message  # what may change is listed
 
     with pytest.raises(R2GError, match="base LLM's config.json"):
-        resumed_changes(tmp_path, same, "1" * 64)
+        resumed_changes(tmp_path, same, "1" * 64, 1)
+
+
+def test_a_resume_may_change_the_process_count_but_not_the_global_batch(tmp_path):
+    """Two processes × 4 × 1 = 8 studies a step. On one process, --global-batch 8 keeps it (accumulating 2) and
+    is taken; without it the global batch would be 4, refused naming both values and the flag that fixes it."""
+    _run(tmp_path, micro_batch=4).save(tmp_path / RECORD, {"llm_config_sha256": HASH, "world": 2})
+    kept = _run(tmp_path, micro_batch=4, grad_accum=2, global_batch=8, resume=True)
+    changes = resumed_changes(tmp_path, kept, HASH, 1)
+    assert changes == {"train.grad_accum": [1, 2], "train.global_batch": [0, 8], "processes": [2, 1]}
+    record_resume(tmp_path, kept, changes, step=3, world=1)
+    assert RunConfig.load_record(tmp_path / RECORD)[1]["world"] == 1
+
+    _run(tmp_path, micro_batch=4).save(tmp_path / RECORD, {"llm_config_sha256": HASH, "world": 2})
+    with pytest.raises(R2GError) as refused:
+        resumed_changes(tmp_path, _run(tmp_path, micro_batch=4, resume=True), HASH, 1)
+    message = str(refused.value)
+    assert "global batch is 8 studies per step (2 process(es) × --micro-batch 4 × --grad-accum 1)" in message
+    assert "this launch's 4 (1 × 4 × 1)" in message and "Pass --global-batch 8" in message
 
 
 def test_the_export_carries_its_record_and_repairs_the_copy_beside_it(tmp_path):
@@ -117,12 +135,31 @@ def test_resume_restores_this_ranks_own_generators(tmp_path, monkeypatch):
         torch.manual_seed(100 + rank)
         torch.save(rng_state(), checkpoint._rng_file(tag, rank))
 
-    class Engine:
-        def load_checkpoint(self, folder, tag, load_module_strict):
-            return folder, {"global_step": 2}
+    torch.save({"world": 3, "client": {"global_step": 2}}, tag / checkpoint.WORLD_STATE)
+    monkeypatch.setattr(checkpoint, "load_world_state", lambda engine, state: None)  # the weights: test_resume_world
 
     torch.manual_seed(0)
-    assert checkpoint.resume(Engine(), tmp_path, rank=1) == {"global_step": 2}
+    assert checkpoint.resume(None, tmp_path, rank=1, world=3, seed=42) == {"global_step": 2}
     assert torch.rand(1).item() == states[1]
     with pytest.raises(R2GError, match="no RNG state for rank 2"):
-        checkpoint.resume(Engine(), tmp_path, rank=2)
+        checkpoint.resume(None, tmp_path, rank=2, world=3, seed=42)
+
+
+def test_on_another_process_count_each_rank_is_reseeded_from_seed_step_and_rank(tmp_path, monkeypatch):
+    tag = tmp_path / "checkpoints" / "step00000002"
+    tag.mkdir(parents=True)
+    (tmp_path / "checkpoints" / "latest").write_text(tag.name)
+    torch.save({"world": 2, "client": {"global_step": 2}}, tag / checkpoint.WORLD_STATE)
+    monkeypatch.setattr(checkpoint, "load_world_state", lambda engine, state: None)
+
+    def draws(rank: int, seed: int = 42) -> tuple:
+        torch.manual_seed(0)
+        checkpoint.resume(None, tmp_path, rank=rank, world=3, seed=seed)  # no rng_rank files needed
+        return random.random(), np.random.rand(), torch.rand(1).item()
+
+    assert draws(1) == draws(1)  # reproducible
+    assert len({draws(0), draws(1), draws(2), draws(1, seed=7)}) == 4  # a stream of its own per rank and seed
+
+    (tmp_path / "checkpoints" / "step00000002" / checkpoint.WORLD_STATE).unlink()
+    with pytest.raises(R2GError, match="holds no r2g_state.pt"):
+        checkpoint.resume(None, tmp_path, rank=0, world=2, seed=42)

@@ -97,6 +97,14 @@ def test_zero0_fp32_exports_the_weights_its_optimizer_steps(assets, tmp_path):
     for name, weight in exported.items():
         assert weight.dtype == torch.float32 and torch.equal(weight, saved[name]), name
 
+    # A resume loads r2g's state into the torch optimizer itself (no ZeRO partitions to scatter into) and goes on.
+    resumed = train(assets, out, "--ds", str(tmp_path / "zero0.json"), "--precision", "fp32", "--mode", "shallow",
+                    "--max-steps", "3", "--save-every", "2", "--val-samples", "-1", "--resume")
+    assert "resumed at step 2" in resumed.stdout and sorted(losses(out)) == [1, 2, 3]
+    state = torch.load(out / "checkpoints" / "step00000003" / "r2g_state.pt", weights_only=False)
+    assert float(state["step"]) == 3 and state["counters"]["global_steps"] == 3
+    assert not torch.equal(state["masters"]["mapper.proj.weight"], saved["mapper.proj.weight"])
+
 
 def test_loss_falls_on_generated_data(assets, tmp_path):
     out = tmp_path / "run"

@@ -25,7 +25,6 @@ from r2g.precision import Precision, resolve_precision
 from r2g.train.checkpoint import (RECORD, export_trainable, exported_best, gather_trainable, latest_checkpoint,
                                   record_resume, resume, resumed_changes, save_resumable)
 from r2g.train.logger import RunLogger
-from r2g.train.resume_world import check_resume_world
 from r2g.train.validate import check_select_metric, selection_value, validate
 
 
@@ -161,7 +160,7 @@ def run(cfg: RunConfig) -> dict:
     # The run record: checked against this launch on a resume before anything loads (every rank reads the same
     # record, so all refuse together), written once the step it takes effect at is known.
     record, llm_hash = cfg.with_absolute_paths(), config_hash(cfg.model.llm)
-    changes = resumed_changes(out, record, llm_hash) if resuming else {}
+    changes = resumed_changes(out, record, llm_hash, world) if resuming else {}
 
     # Data first: a missing split should fail before minutes of model loading.
     train_split = split_shards(cfg.data.shards, "train", cfg.data.skip_damaged_shards)
@@ -175,8 +174,6 @@ def run(cfg: RunConfig) -> dict:
         n_val = val_study_count(t.val_samples, t.val_fraction, val_split.samples)
     steps_per_epoch = max(1, n_train // (world * t.micro_batch * t.grad_accum))
     total_steps = t.max_steps or t.epochs * steps_per_epoch
-    if t.resume:
-        check_resume_world(out, world, t.micro_batch * t.grad_accum)  # before DeepSpeed's own traceback
     ds = load_ds_config(t.ds_config)
     stage = zero_stage(ds)  # the precision depends on it (bf16-mixed needs ZeRO-0/1/2)
     precision = resolve_precision(t.precision, device, stage)
@@ -190,18 +187,18 @@ def run(cfg: RunConfig) -> dict:
 
     start_step, best = 0, None
     if resuming:
-        client = resume(engine, out, rank)
-        if client["steps_per_epoch"] != steps_per_epoch:
+        client = resume(engine, out, rank, world, t.seed)
+        if client["steps_per_epoch"] != steps_per_epoch:  # the global batch is checked above: the shards changed
             raise R2GError(
                 f"{out}: the checkpoint has {client['steps_per_epoch']} steps per epoch, this launch "
-                f"{steps_per_epoch}; resume with the same shards, world size, --micro-batch and --grad-accum"
+                f"{steps_per_epoch}; resume with the shards the run was trained on"
             )
         # The best score so far is the export's: a better validation may have been exported after the checkpoint.
         start_step, best = client["global_step"], exported_best(out, repair_copy=rank == 0)
     if rank == 0 and not resuming:
-        record.save(out / RECORD, {"llm_config_sha256": llm_hash})
+        record.save(out / RECORD, {"llm_config_sha256": llm_hash, "world": world})
     elif rank == 0 and changes:
-        record_resume(out, record, changes, start_step)
+        record_resume(out, record, changes, start_step, world)
     log = RunLogger(out, total_steps, start_step, enabled=rank == 0)
     log.print(f"rank 0 of {world} on {device}, ZeRO-{stage}, {precision.name}; "
               f"{n_train} train studies, {steps_per_epoch} steps/epoch, {total_steps} steps" +
@@ -272,7 +269,7 @@ def run(cfg: RunConfig) -> dict:
         if validate_now(step) or step == total_steps:
             best = validate_and_export(engine, val_loader, cfg, precision, step, n_val, best, log, dist)
         if step % t.save_every == 0 or step == total_steps:
-            save_resumable(engine, out, step, {"global_step": step, "steps_per_epoch": steps_per_epoch}, rank)
+            save_resumable(engine, out, step, {"global_step": step, "steps_per_epoch": steps_per_epoch}, rank, world)
 
     log.close()
     return {"steps": step, "best": best, "final_loss": loss_value}
