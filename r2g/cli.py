@@ -10,7 +10,6 @@ import inspect
 import json
 import os
 import sys
-import time
 import typing
 from pathlib import Path
 from typing import Optional
