@@ -91,9 +91,18 @@ def llm_written(folder: Path, size: str) -> bool:
     return done.is_file() and json.loads(done.read_text())["size"] == size
 
 
+def announce_llm_and_work(llm: Path, size: str, work: Path, out_json: Path) -> None:
+    """Say what the bench will write: the LLM folder (or that a complete one is reused), then the rest."""
+    if llm_written(llm, size):
+        print(f"[bench] reusing the {size} LLM in {llm}")
+    else:
+        announce_write(f"the {size} LLM (random bf16 weights)", llm_bytes(size), llm)
+    print(f"[bench] shards, run, logs and results (under 0.1 GB) go to {work}; results to {out_json}", flush=True)
+
+
 def write_llm(folder: Path, size: str) -> int:
     """Random bf16 Llama weights, ~1 GB per shard, written shard by shard; returns the parameter count.
-    The caller announces the write (`llm_bytes`); a complete folder of the same size is reused."""
+    The caller announces the write (announce_llm_and_work); a complete folder of the same size is reused."""
     done = folder / "complete.json"
     if llm_written(folder, size):
         return json.loads(done.read_text())["params"]
@@ -322,11 +331,7 @@ def main() -> None:
     tag = f"{a.size}-{a.ranks}r"
     llm, run = a.work / f"llm-{a.size}", a.work / f"run-{tag}"
     out_json = a.json or a.work / f"results-{tag}.json"
-    if llm_written(llm, a.size):
-        print(f"[bench] reusing the {a.size} LLM in {llm}")
-    else:
-        announce_write(f"the {a.size} LLM (random bf16 weights)", llm_bytes(a.size), llm)
-    print(f"[bench] shards, run, logs and results (under 0.1 GB) go to {a.work}; results to {out_json}", flush=True)
+    announce_llm_and_work(llm, a.size, a.work, out_json)
     if a.dry_run:
         return
     shutil.rmtree(run, ignore_errors=True)

@@ -31,8 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.llm7b_zero3 import SIZES, gb, launch, llm_bytes, llm_written, write_llm  # noqa: E402
-from bench.provenance import announce_write, start, work_dir, write_json  # noqa: E402
+from bench.llm7b_zero3 import SIZES, announce_llm_and_work, gb, launch, write_llm  # noqa: E402
+from bench.provenance import start, work_dir, write_json  # noqa: E402
 
 WORKER = "--decode-worker"
 WAYS = {"whole": 1, "zero3": 2, "tp": 2}  # how the LLM is held: ranks
@@ -106,11 +106,7 @@ def main() -> None:
     provenance = start()
     llm, run = a.work / f"llm-{a.size}", a.work / f"run-{a.size}"
     out_json = a.json or a.work / f"results-{a.size}.json"
-    if llm_written(llm, a.size):
-        print(f"[bench] reusing the {a.size} LLM in {llm}")
-    else:
-        announce_write(f"the {a.size} LLM (random bf16 weights)", llm_bytes(a.size), llm)
-    print(f"[bench] shards, run, logs and results (under 0.1 GB) go to {a.work}; results to {out_json}", flush=True)
+    announce_llm_and_work(llm, a.size, a.work, out_json)
     if a.dry_run:
         return
     a.work.mkdir(parents=True, exist_ok=True)
